@@ -1,0 +1,712 @@
+//! Typed configuration: TOML file, `MDINGEST__SECTION__KEY` overrides, the vendors' own key
+//! variables, defaults. Every error names the key as the operator wrote it.
+//!
+//! Precedence, highest first: `MDINGEST__…` variables, `POLYGON_API_KEY` / `APCA_API_KEY_ID` /
+//! `APCA_API_SECRET_KEY`, the file, the defaults below.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::domain::{DataSource, Symbol, Timeframe};
+
+pub const ENV_PREFIX: &str = "MDINGEST__";
+pub const DEFAULT_CONFIG_PATH: &str = "config/mdingest.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} not found (set --config or MDINGEST_CONFIG)")]
+    FileMissing(PathBuf),
+    #[error("config: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// A credential. Its `Debug`, `Display` and `Serialize` never show the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+    fn shown(&self) -> &'static str {
+        if self.is_set() {
+            "REDACTED"
+        } else {
+            ""
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.shown())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Scalar::deserialize(d).map(|s| Secret(s.0))
+    }
+}
+
+/// Environment values are parsed as TOML-ish values, so a numeric key such as `12345` arrives as
+/// an integer: accept any scalar where a string is meant.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            S(String),
+            I(i64),
+            U(u64),
+            F(f64),
+            B(bool),
+        }
+        Ok(Scalar(match Any::deserialize(d)? {
+            Any::S(s) => s,
+            Any::I(i) => i.to_string(),
+            Any::U(u) => u.to_string(),
+            Any::F(f) => f.to_string(),
+            Any::B(b) => b.to_string(),
+        }))
+    }
+}
+
+/// A URL that may carry a password; shown with the password replaced.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `postgres://user:pw@host/db` (or any URL) with `REDACTED`, and the
+/// `password=` of a libpq key/value string.
+pub fn redact_url(raw: &str) -> String {
+    if let Ok(mut u) = url::Url::parse(raw) {
+        if u.password().is_some() {
+            let _ = u.set_password(Some("REDACTED"));
+        }
+        return u.to_string();
+    }
+    raw.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=REDACTED"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub log: LogConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub pipeline: PipelineConfig,
+    pub metrics: MetricsConfig,
+    pub sources: SourcesConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub shutdown_timeout_secs: u64,
+    pub gap_fill_lookback_secs: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            name: "data_ingestion".into(),
+            shutdown_timeout_secs: 20,
+            gap_fill_lookback_secs: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: SecretUrl,
+    pub pool_max_size: usize,
+    pub pool_recycle_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: SecretUrl("postgres://postgres@127.0.0.1:5432/trading_system".into()),
+            pool_max_size: 30,
+            pool_recycle_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: SecretUrl,
+    pub channel_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: SecretUrl("redis://127.0.0.1:6379".into()),
+            channel_prefix: "data_sync".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub batch_max_rows: usize,
+    pub batch_max_age_ms: u64,
+    pub queue_capacity: usize,
+    pub writers: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_max_rows: 10_000,
+            batch_max_age_ms: 250,
+            queue_capacity: 200_000,
+            writers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
+}
+
+/// A section that is absent means the source does not run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polygon: Option<PolygonConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpaca: Option<AlpacaConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yahoo: Option<YahooConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolygonConfig {
+    pub enabled: bool,
+    pub api_key: Secret,
+    pub rest_url: String,
+    pub ws_url: String,
+    #[serde(deserialize_with = "symbol_list")]
+    pub symbols: Vec<Symbol>,
+    pub timeframe: Timeframe,
+    pub stream: bool,
+    pub requests_per_minute: u32,
+    pub stale_after_secs: u64,
+}
+
+impl Default for PolygonConfig {
+    fn default() -> Self {
+        PolygonConfig {
+            enabled: true,
+            api_key: Secret::default(),
+            rest_url: "https://api.polygon.io".into(),
+            ws_url: "wss://socket.polygon.io/stocks".into(),
+            symbols: default_symbols(&["AAPL", "MSFT"]),
+            timeframe: Timeframe::M1,
+            stream: true,
+            requests_per_minute: 5,
+            stale_after_secs: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlpacaConfig {
+    pub enabled: bool,
+    pub key_id: Secret,
+    pub secret_key: Secret,
+    pub rest_url: String,
+    pub ws_url: String,
+    pub feed: String,
+    #[serde(deserialize_with = "symbol_list")]
+    pub symbols: Vec<Symbol>,
+    pub timeframe: Timeframe,
+    pub stream: bool,
+    pub requests_per_minute: u32,
+    pub stale_after_secs: u64,
+}
+
+impl Default for AlpacaConfig {
+    fn default() -> Self {
+        AlpacaConfig {
+            enabled: true,
+            key_id: Secret::default(),
+            secret_key: Secret::default(),
+            rest_url: "https://data.alpaca.markets".into(),
+            ws_url: "wss://stream.data.alpaca.markets/v2/iex".into(),
+            feed: "iex".into(),
+            symbols: default_symbols(&["AAPL"]),
+            timeframe: Timeframe::M1,
+            stream: true,
+            requests_per_minute: 200,
+            stale_after_secs: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct YahooConfig {
+    pub enabled: bool,
+    pub rest_url: String,
+    #[serde(deserialize_with = "symbol_list")]
+    pub symbols: Vec<Symbol>,
+    pub timeframe: Timeframe,
+    pub adjusted: bool,
+    pub poll_interval_secs: u64,
+    pub requests_per_minute: u32,
+}
+
+impl Default for YahooConfig {
+    fn default() -> Self {
+        YahooConfig {
+            enabled: true,
+            rest_url: "https://query1.finance.yahoo.com".into(),
+            symbols: default_symbols(&["AAPL"]),
+            timeframe: Timeframe::D1,
+            adjusted: true,
+            poll_interval_secs: 300,
+            requests_per_minute: 60,
+        }
+    }
+}
+
+fn default_symbols(s: &[&str]) -> Vec<Symbol> {
+    s.iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// A TOML array, or (handy in an environment variable) one comma-separated string.
+fn symbol_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Symbol>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match List::deserialize(d)? {
+        List::One(s) => s.split(',').map(|s| s.trim().to_string()).collect(),
+        List::Many(v) => v,
+    };
+    items
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<Symbol>().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// The configured timeframe of each data source; `market_data` holds one timeframe per source.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeframes {
+    pub polygon: Timeframe,
+    pub alpaca: Timeframe,
+    pub yahoo: Timeframe,
+}
+
+impl Timeframes {
+    pub fn of(&self, source: DataSource) -> Timeframe {
+        match source {
+            DataSource::Polygon => self.polygon,
+            DataSource::Alpaca => self.alpaca,
+            DataSource::Yahoo | DataSource::YahooAdjusted => self.yahoo,
+        }
+    }
+}
+
+impl Default for Timeframes {
+    fn default() -> Self {
+        Timeframes {
+            polygon: PolygonConfig::default().timeframe,
+            alpaca: AlpacaConfig::default().timeframe,
+            yahoo: YahooConfig::default().timeframe,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (which must exist), layers the environment over it and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::FileMissing(path.to_path_buf()));
+        }
+        Self::from_figment(Figment::from(Toml::file(path)))
+    }
+
+    /// Builds from TOML text (tests, embedded defaults) with the environment layered over it.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)))
+    }
+
+    fn from_figment(file: Figment) -> Result<Config, ConfigError> {
+        let mut fig = file;
+        // A vendor variable fills a source's key only when the operator configured that source:
+        // an exported POLYGON_API_KEY must not switch on a source the file leaves out.
+        let overrides = Figment::from(Env::prefixed(ENV_PREFIX).split("__"));
+        let configured = |section: &str| {
+            fig.find_value(&format!("sources.{section}")).is_ok()
+                || overrides.find_value(&format!("sources.{section}")).is_ok()
+        };
+        let vendor_vars: [(&str, &str, &str); 3] = [
+            ("polygon", "POLYGON_API_KEY", "sources.polygon.api_key"),
+            ("alpaca", "APCA_API_KEY_ID", "sources.alpaca.key_id"),
+            ("alpaca", "APCA_API_SECRET_KEY", "sources.alpaca.secret_key"),
+        ];
+        let mut vendor = Figment::new();
+        for (section, var, key) in vendor_vars {
+            if configured(section) {
+                vendor = vendor.merge(Env::raw().only(&[var]).map(move |_| key.into()));
+            }
+        }
+        fig = fig
+            .merge(vendor)
+            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                key: describe_key(&fig, &key),
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    pub fn timeframes(&self) -> Timeframes {
+        let d = Timeframes::default();
+        Timeframes {
+            polygon: self
+                .sources
+                .polygon
+                .as_ref()
+                .map_or(d.polygon, |s| s.timeframe),
+            alpaca: self
+                .sources
+                .alpaca
+                .as_ref()
+                .map_or(d.alpaca, |s| s.timeframe),
+            yahoo: self.sources.yahoo.as_ref().map_or(d.yahoo, |s| s.timeframe),
+        }
+    }
+
+    /// The resolved configuration as TOML, every secret redacted (`check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks that serde cannot express; returns the dotted key and the reason.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: String| Err((key.to_string(), reason));
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                bad(key, "must be greater than 0".into())
+            } else {
+                Ok(())
+            }
+        };
+        if self.service.name.trim().is_empty() {
+            return bad("service.name", "must not be empty".into());
+        }
+        positive(
+            "service.shutdown_timeout_secs",
+            self.service.shutdown_timeout_secs,
+        )?;
+        positive(
+            "service.gap_fill_lookback_secs",
+            self.service.gap_fill_lookback_secs,
+        )?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad("log.level", format!("{e}"));
+        }
+        if let Err(e) = self.database.url.expose().parse::<tokio_postgres::Config>() {
+            return bad(
+                "database.url",
+                format!("not a PostgreSQL URL ({})", redact_url(&e.to_string())),
+            );
+        }
+        positive("database.pool_max_size", self.database.pool_max_size as u64)?;
+        positive(
+            "database.pool_recycle_secs",
+            self.database.pool_recycle_secs,
+        )?;
+        check_url(
+            "redis.url",
+            self.redis.url.expose(),
+            &["redis", "rediss", "unix"],
+        )?;
+        positive(
+            "pipeline.batch_max_rows",
+            self.pipeline.batch_max_rows as u64,
+        )?;
+        positive("pipeline.batch_max_age_ms", self.pipeline.batch_max_age_ms)?;
+        positive(
+            "pipeline.queue_capacity",
+            self.pipeline.queue_capacity as u64,
+        )?;
+        positive("pipeline.writers", self.pipeline.writers as u64)?;
+        if self.pipeline.writers > self.database.pool_max_size {
+            return bad(
+                "pipeline.writers",
+                format!(
+                    "{} writers need at least as many pooled connections (database.pool_max_size = {})",
+                    self.pipeline.writers, self.database.pool_max_size
+                ),
+            );
+        }
+        if self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "metrics.listen",
+                format!("{:?} is not an address:port", self.metrics.listen),
+            );
+        }
+        if let Some(p) = &self.sources.polygon {
+            check_url("sources.polygon.rest_url", &p.rest_url, &["http", "https"])?;
+            check_url("sources.polygon.ws_url", &p.ws_url, &["ws", "wss"])?;
+            positive(
+                "sources.polygon.requests_per_minute",
+                p.requests_per_minute.into(),
+            )?;
+            positive("sources.polygon.stale_after_secs", p.stale_after_secs)?;
+            if p.enabled {
+                if !p.api_key.is_set() {
+                    return bad(
+                        "sources.polygon.api_key",
+                        "polygon is enabled but has no API key (set it, or POLYGON_API_KEY, or enabled = false)".into(),
+                    );
+                }
+                check_symbols("sources.polygon.symbols", &p.symbols)?;
+            }
+        }
+        if let Some(a) = &self.sources.alpaca {
+            check_url("sources.alpaca.rest_url", &a.rest_url, &["http", "https"])?;
+            check_url("sources.alpaca.ws_url", &a.ws_url, &["ws", "wss"])?;
+            if !matches!(a.feed.as_str(), "iex" | "sip" | "delayed_sip" | "otc") {
+                return bad(
+                    "sources.alpaca.feed",
+                    format!("{:?} is not iex, sip, delayed_sip or otc", a.feed),
+                );
+            }
+            positive(
+                "sources.alpaca.requests_per_minute",
+                a.requests_per_minute.into(),
+            )?;
+            positive("sources.alpaca.stale_after_secs", a.stale_after_secs)?;
+            if a.enabled {
+                for (key, secret, var) in [
+                    ("sources.alpaca.key_id", &a.key_id, "APCA_API_KEY_ID"),
+                    (
+                        "sources.alpaca.secret_key",
+                        &a.secret_key,
+                        "APCA_API_SECRET_KEY",
+                    ),
+                ] {
+                    if !secret.is_set() {
+                        return bad(
+                            key,
+                            format!("alpaca is enabled but this credential is empty (set it, or {var}, or enabled = false)"),
+                        );
+                    }
+                }
+                check_symbols("sources.alpaca.symbols", &a.symbols)?;
+            }
+        }
+        if let Some(y) = &self.sources.yahoo {
+            check_url("sources.yahoo.rest_url", &y.rest_url, &["http", "https"])?;
+            positive("sources.yahoo.poll_interval_secs", y.poll_interval_secs)?;
+            positive(
+                "sources.yahoo.requests_per_minute",
+                y.requests_per_minute.into(),
+            )?;
+            if y.enabled {
+                check_symbols("sources.yahoo.symbols", &y.symbols)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), (String, String)> {
+    match url::Url::parse(raw) {
+        Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
+        Ok(u) => Err((
+            key.to_string(),
+            format!(
+                "scheme {:?} is not one of {}",
+                u.scheme(),
+                schemes.join(", ")
+            ),
+        )),
+        Err(e) => Err((
+            key.to_string(),
+            format!("{:?} is not a URL ({e})", redact_url(raw)),
+        )),
+    }
+}
+
+fn check_symbols(key: &str, symbols: &[Symbol]) -> Result<(), (String, String)> {
+    if symbols.is_empty() {
+        return Err((
+            key.to_string(),
+            "an enabled source needs at least one symbol".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Names a dotted key as the operator wrote it: the environment variable that set it, or the
+/// key and the file it came from.
+fn describe_key(fig: &Figment, dotted: &str) -> String {
+    let parts: Vec<&str> = dotted.split('.').collect();
+    match fig.find_metadata(dotted) {
+        Some(md) if md.name.contains(ENV_PREFIX) => {
+            format!("{ENV_PREFIX}{}", parts.join("__").to_uppercase())
+        }
+        // The vendors' own variables, each mapped from one fixed name.
+        Some(md) if md.name.contains("environment") => match dotted {
+            "sources.polygon.api_key" => "POLYGON_API_KEY".into(),
+            "sources.alpaca.key_id" => "APCA_API_KEY_ID".into(),
+            "sources.alpaca.secret_key" => "APCA_API_SECRET_KEY".into(),
+            _ => dotted.to_string(),
+        },
+        Some(md) => match &md.source {
+            Some(figment::Source::File(p)) => format!("{dotted} (in {})", p.display()),
+            _ => dotted.to_string(),
+        },
+        None => dotted.to_string(),
+    }
+}
+
+fn figment_error(fig: &Figment, e: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut path = e.path.clone();
+    let reason = match &e.kind {
+        Kind::UnknownField(name, expected) => {
+            if path.last() != Some(name) {
+                path.push(name.clone());
+            }
+            if expected.is_empty() {
+                "unknown key".to_string()
+            } else {
+                format!("unknown key (expected one of: {})", expected.join(", "))
+            }
+        }
+        other => redact_reason(&path, other.to_string()),
+    };
+    let dotted = path.join(".");
+    let key = if dotted.is_empty() {
+        "config".to_string()
+    } else {
+        describe_key(fig, &dotted)
+    };
+    ConfigError::Invalid { key, reason }
+}
+
+/// A type error echoes the offending value; never echo a credential's.
+fn redact_reason(path: &[String], reason: String) -> String {
+    let secret = path
+        .last()
+        .is_some_and(|k| matches!(k.as_str(), "api_key" | "key_id" | "secret_key" | "url"));
+    if secret {
+        "invalid value (not shown: it may be a secret)".into()
+    } else {
+        reason
+    }
+}
+
+/// Where the configuration file is read from: `--config`, else `MDINGEST_CONFIG`, else the default.
+pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
+    cli.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}

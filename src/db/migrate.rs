@@ -1,0 +1,95 @@
+//! `mdingest migrate`: creates the database when it is missing, then applies `migrations/` under
+//! an advisory lock so that two instances started together do not race.
+
+use tokio_postgres::error::SqlState;
+
+use super::{connect, describe, parse_url, DbError};
+use crate::config::redact_url;
+
+refinery::embed_migrations!("migrations");
+
+pub const SCHEMA: &str = "data_ingestion";
+/// refinery's history table lives in our schema too: the service owns nothing outside it.
+const HISTORY_TABLE: &str = "data_ingestion.refinery_schema_history";
+/// Arbitrary but fixed: every mdingest instance takes the same lock.
+const MIGRATION_LOCK_KEY: i64 = 0x6d64_696e_6765_7374; // "mdingest"
+
+#[derive(Debug, Default)]
+pub struct MigrateReport {
+    pub created_database: bool,
+    pub applied: Vec<String>,
+}
+
+pub async fn migrate(url: &str) -> Result<MigrateReport, DbError> {
+    let cfg = parse_url(url)?;
+    let shown = redact_url(url);
+    let mut report = MigrateReport::default();
+    let mut client = match connect(&cfg, &shown).await {
+        Ok(c) => c,
+        Err(e) if missing_database(&cfg, &e) => {
+            report.created_database = create_database(&cfg, &shown).await?;
+            connect(&cfg, &shown).await?
+        }
+        Err(e) => return Err(e),
+    };
+    client
+        .query("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let result = apply(&mut client).await;
+    // The lock is session-scoped; release it even when a migration failed.
+    let _ = client
+        .query("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    report.applied = result?;
+    Ok(report)
+}
+
+async fn apply(client: &mut tokio_postgres::Client) -> Result<Vec<String>, DbError> {
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        .await?;
+    let report = migrations::runner()
+        .set_migration_table_name(HISTORY_TABLE)
+        .run_async(client)
+        .await
+        .map_err(|e| DbError::Migrate(e.to_string()))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
+}
+
+fn missing_database(cfg: &tokio_postgres::Config, e: &DbError) -> bool {
+    // tokio-postgres reports the server's 3D000 inside the connect error's text only.
+    let DbError::Connect { reason, .. } = e else {
+        return false;
+    };
+    cfg.get_dbname().is_some() && reason.contains(SqlState::UNDEFINED_DATABASE.code())
+}
+
+/// Creates the configured database from the `postgres` maintenance database. Returns false when
+/// another instance created it first.
+async fn create_database(cfg: &tokio_postgres::Config, shown: &str) -> Result<bool, DbError> {
+    let name = cfg.get_dbname().unwrap_or_default().to_string();
+    let mut admin = cfg.clone();
+    admin.dbname("postgres");
+    let client = connect(&admin, shown).await?;
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match client.batch_execute(&sql).await {
+        Ok(()) => {
+            tracing::info!(database = %name, "created database");
+            Ok(true)
+        }
+        Err(e)
+            if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(DbError::Migrate(format!(
+            "database {name:?} does not exist and cannot be created: {}",
+            describe(&e)
+        ))),
+    }
+}

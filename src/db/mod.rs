@@ -1,0 +1,172 @@
+//! PostgreSQL: connections, the pool, migrations, the COPY-merge writer, status and quality log.
+
+pub mod migrate;
+pub mod status;
+pub mod writer;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{redact_url, DatabaseConfig};
+
+/// `migrate`, `import` and `status` must fail within 10 s when the database is unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// Shown in `pg_stat_activity`, so operators (and tests) can find our sessions.
+pub const APPLICATION_NAME: &str = "mdingest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL {url} is invalid: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to the database at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+}
+
+impl DbError {
+    /// Whether trying again later can succeed: connection trouble, a server restart, a
+    /// serialization failure or lack of resources, but never bad data (classes 22 and 23).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            DbError::Query(e) => is_retriable(e),
+            DbError::Pool(_) | DbError::Connect { .. } => true,
+            DbError::BadUrl { .. } | DbError::Migrate(_) => false,
+        }
+    }
+}
+
+/// Classifies by SQLSTATE the way timescaledb-parallel-copy does. An error without a SQLSTATE
+/// is a closed socket or I/O failure: retriable.
+pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
+    let Some(state) = e.code() else {
+        return true;
+    };
+    let code = state.code();
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || *state == SqlState::T_R_SERIALIZATION_FAILURE
+        || *state == SqlState::T_R_DEADLOCK_DETECTED
+        || *state == SqlState::LOCK_NOT_AVAILABLE
+}
+
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| DbError::BadUrl {
+        url: redact_url(url),
+        reason: redact_url(&format!("{e}")),
+    })?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if cfg.get_application_name().is_none() {
+        cfg.application_name(APPLICATION_NAME);
+    }
+    Ok(cfg)
+}
+
+/// One connection outside the pool (migrations, short commands), with a hard deadline.
+pub async fn connect(cfg: &tokio_postgres::Config, shown_url: &str) -> Result<Client, DbError> {
+    let attempt = cfg.connect(NoTls);
+    let fail = |reason: String| DbError::Connect {
+        url: shown_url.to_string(),
+        reason,
+    };
+    match tokio::time::timeout(CONNECT_DEADLINE, attempt).await {
+        Err(_) => Err(fail(format!(
+            "no answer within {}s",
+            CONNECT_DEADLINE.as_secs()
+        ))),
+        Ok(Err(e)) => Err(fail(describe(&e))),
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "database connection closed");
+                }
+            });
+            Ok(client)
+        }
+    }
+}
+
+/// The server's message when there is one; tokio-postgres' own Display says only "db error".
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// The pool per SPEC: `pool_max_size` connections, verified on checkout, and recycled once older
+/// than `pool_recycle_secs` (deadpool has no max-lifetime setting, so a pre-recycle hook drops
+/// connections past their age and the pool opens fresh ones).
+pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
+    let pg = parse_url(cfg.url.expose())?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    let max_age = Duration::from_secs(cfg.pool_recycle_secs);
+    Pool::builder(manager)
+        .max_size(cfg.pool_max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .create_timeout(Some(CONNECT_DEADLINE))
+        .recycle_timeout(Some(CONNECT_DEADLINE))
+        .wait_timeout(Some(Duration::from_secs(60)))
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                client
+                    .batch_execute(writer::STAGING_DDL)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }))
+        .pre_recycle(Hook::sync_fn(move |_, metrics| {
+            if metrics.age() > max_age {
+                Err(HookError::message("connection past pool_recycle_secs"))
+            } else {
+                Ok(())
+            }
+        }))
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Checks that the database answers, within the connect deadline, so a short-lived command fails
+/// fast with one clear line instead of waiting on the pool.
+pub async fn ping(pool: &Pool, shown_url: &str) -> Result<(), DbError> {
+    let client = pool.get().await.map_err(|e| DbError::Connect {
+        url: shown_url.to_string(),
+        reason: pool_error_reason(&e),
+    })?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+pub fn pool_error_reason(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => describe(pg),
+        deadpool_postgres::PoolError::Timeout(_) => "no answer in time".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,174 @@
+//! One batch, one transaction: binary COPY into a session staging table, a merge that rewrites a
+//! row only when a value differs, the batch's quality-log rows, and its feeds' status.
+//!
+//! Status moves in the same transaction as the rows, so `last_bar_timestamp` can never run ahead
+//! of what is committed.
+
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use super::DbError;
+use crate::pipeline::{Batch, FeedProgress, WriteCounts};
+
+/// Created once per pooled connection (see `db::pool`). `ON COMMIT DELETE ROWS` empties it at
+/// every commit; a rolled-back attempt leaves it empty too.
+pub const STAGING_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS mdingest_stage (
+    symbol text NOT NULL,
+    timestamp timestamptz NOT NULL,
+    open numeric(15,4), high numeric(15,4), low numeric(15,4), close numeric(15,4),
+    volume bigint,
+    data_source text NOT NULL
+) ON COMMIT DELETE ROWS";
+
+const COPY_SQL: &str = "COPY pg_temp.mdingest_stage \
+    (symbol, timestamp, open, high, low, close, volume, data_source) FROM STDIN BINARY";
+
+const COPY_TYPES: [Type; 8] = [
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::INT8,
+    Type::TEXT,
+];
+
+/// `xmax = 0` tells a fresh insert from an update; rows whose values are identical are not
+/// touched at all (no new tuple, no WAL), which is what makes a re-import cheap.
+const MERGE_SQL: &str = "WITH up AS (
+    INSERT INTO data_ingestion.market_data AS m
+        (symbol, timestamp, open, high, low, close, volume, data_source)
+    SELECT symbol, timestamp, open, high, low, close, volume, data_source
+    FROM pg_temp.mdingest_stage
+    ON CONFLICT (symbol, timestamp, data_source) DO UPDATE
+    SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+        close = EXCLUDED.close, volume = EXCLUDED.volume
+    WHERE (m.open, m.high, m.low, m.close, m.volume)
+        IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up";
+
+const QUALITY_SQL: &str = "INSERT INTO data_ingestion.data_quality_logs
+    (data_source, symbol, bar_timestamp, check_name, severity, action, details)
+SELECT d, s, t, c, sev, a, det::jsonb
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[])
+    AS r(d, s, t, c, sev, a, det)";
+
+/// `GREATEST` keeps `last_bar_timestamp` from moving backwards when an older bar is corrected.
+const STATUS_SQL: &str = "INSERT INTO data_ingestion.ingestion_status AS st
+    (data_source, symbol, mode, timeframe, state, last_bar_timestamp, rows_written,
+     last_success_at, updated_at)
+SELECT d, s, m, tf, 'running', t, n, now(), now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[])
+    AS r(d, s, m, tf, t, n)
+ON CONFLICT (data_source, symbol, mode) DO UPDATE SET
+    timeframe = EXCLUDED.timeframe,
+    state = 'running',
+    last_bar_timestamp = GREATEST(st.last_bar_timestamp, EXCLUDED.last_bar_timestamp),
+    rows_written = st.rows_written + EXCLUDED.rows_written,
+    last_success_at = now(),
+    updated_at = now()";
+
+/// Writes `batch` (already de-duplicated) and the progress of `feeds` in one transaction.
+pub async fn write_batch(
+    client: &mut Client,
+    batch: &Batch,
+    feeds: &[FeedProgress],
+) -> Result<WriteCounts, DbError> {
+    let tx = client.transaction().await?;
+    let mut counts = WriteCounts::default();
+    if !batch.entries.is_empty() {
+        let sink = tx.copy_in(COPY_SQL).await?;
+        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+        pin_mut!(writer);
+        for e in &batch.entries {
+            let b = &e.bar;
+            let row: [&(dyn ToSql + Sync); 8] = [
+                &b.symbol.as_str(),
+                &b.timestamp,
+                &b.open,
+                &b.high,
+                &b.low,
+                &b.close,
+                &b.volume,
+                &b.source.as_str(),
+            ];
+            writer.as_mut().write(&row).await?;
+        }
+        let staged = writer.finish().await?;
+        let row = tx.query_one(MERGE_SQL, &[]).await?;
+        let inserted: i64 = row.get(0);
+        let updated: i64 = row.get(1);
+        counts.inserted = inserted as u64;
+        counts.updated = updated as u64;
+        counts.unchanged = staged.saturating_sub(counts.inserted + counts.updated);
+    }
+    if !batch.rejections.is_empty() {
+        insert_quality_rows(&tx, batch).await?;
+    }
+    if !feeds.is_empty() {
+        let sources: Vec<&str> = feeds.iter().map(|f| f.source.as_str()).collect();
+        let symbols: Vec<&str> = feeds.iter().map(|f| f.symbol.as_str()).collect();
+        let modes: Vec<&str> = feeds.iter().map(|f| f.mode.as_str()).collect();
+        let tfs: Vec<&str> = feeds.iter().map(|f| f.timeframe.as_str()).collect();
+        let last: Vec<_> = feeds.iter().map(|f| f.last_bar).collect();
+        let rows: Vec<i64> = feeds.iter().map(|f| f.rows).collect();
+        tx.execute(
+            STATUS_SQL,
+            &[&sources, &symbols, &modes, &tfs, &last, &rows],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(counts)
+}
+
+async fn insert_quality_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &Batch,
+) -> Result<(), DbError> {
+    let r = &batch.rejections;
+    let sources: Vec<&str> = r.iter().map(|x| x.source.as_str()).collect();
+    // The column is VARCHAR(20); the full text is in `details`.
+    let symbols: Vec<Option<String>> = r
+        .iter()
+        .map(|x| {
+            x.symbol
+                .as_ref()
+                .map(|s| s.chars().filter(|c| *c != '\0').take(20).collect())
+        })
+        .collect();
+    let stamps: Vec<_> = r.iter().map(|x| x.bar_timestamp).collect();
+    let checks: Vec<&str> = r.iter().map(|x| x.check).collect();
+    let severities: Vec<&str> = r.iter().map(|x| x.severity).collect();
+    let actions: Vec<&str> = r.iter().map(|x| x.action).collect();
+    let details: Vec<String> = r
+        .iter()
+        .map(|x| {
+            let mut d = x.details.clone();
+            if let (Some(sym), Some(obj)) = (&x.symbol, d.as_object_mut()) {
+                obj.entry("symbol").or_insert_with(|| sym.clone().into());
+            }
+            // PostgreSQL text cannot hold NUL, and a vendor can send one.
+            d.to_string().replace("\\u0000", "")
+        })
+        .collect();
+    tx.execute(
+        QUALITY_SQL,
+        &[
+            &sources,
+            &symbols,
+            &stamps,
+            &checks,
+            &severities,
+            &actions,
+            &details,
+        ],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! mdingest: market-data ingestion from Polygon, Yahoo and Alpaca into PostgreSQL.
+//!
+//! Data flows one way: source → validate → batch → write → acknowledge. See `README.md` for the
+//! operator's view and `pipeline` for the write path.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod import;
+pub mod pipeline;
+pub mod progress;
+pub mod sources;

@@ -1,0 +1,343 @@
+//! The write path: sources → bounded queue → router (validate, shard, batch) → writers.
+//!
+//! ```text
+//! Queue::send ──► router ──► shard 0 batch ──► writer 0 ──► COPY + merge + quality log + status
+//!   (bounded in bars)   └──► shard 1 batch ──► writer 1 ──► …            (one transaction each)
+//! ```
+//! Bars are sharded by symbol, so every bar of one symbol goes through one writer, in order: a
+//! later correction can never be overtaken by the bar it corrects, and writers never contend for
+//! the same rows. Nothing is reported to a producer before its batch commits.
+
+pub mod batch;
+mod commit;
+pub mod validate;
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use batch::{Batch, BatchReport, FeedProgress, Staged, WriteCounts};
+
+use crate::config::{PipelineConfig, Timeframes};
+use crate::domain::{Bar, DataSource, Mode};
+
+pub type AckTx = mpsc::UnboundedSender<BatchReport>;
+
+/// One `data_quality_logs` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub source: DataSource,
+    /// As the vendor sent it (it may be what was wrong); cut to the column's 20 characters when
+    /// stored, the full text stays in `details`.
+    pub symbol: Option<String>,
+    pub bar_timestamp: Option<DateTime<Utc>>,
+    pub check: &'static str,
+    pub severity: &'static str,
+    pub action: &'static str,
+    pub details: serde_json::Value,
+}
+
+impl Rejection {
+    pub fn of_bar(bar: &Bar, check: &'static str, reason: String) -> Rejection {
+        Rejection {
+            source: bar.source,
+            symbol: Some(bar.symbol.to_string()),
+            bar_timestamp: Some(bar.timestamp),
+            check,
+            severity: "error",
+            action: "rejected",
+            details: validate::bar_details(bar, reason),
+        }
+    }
+}
+
+/// What a producer hands the pipeline: parsed bars, plus the rows it could not parse.
+#[derive(Debug)]
+pub struct Chunk {
+    pub mode: Mode,
+    pub bars: Vec<Bar>,
+    pub rejections: Vec<Rejection>,
+    /// Told about every batch that carried this chunk's bars, once committed.
+    pub ack: Option<AckTx>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the write pipeline has stopped")]
+pub struct PipelineClosed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Fatal(String),
+    #[error("stopped before committing {uncommitted} bars")]
+    Abandoned { uncommitted: u64 },
+}
+
+struct Queued {
+    chunk: Chunk,
+    _room: OwnedSemaphorePermit,
+}
+
+/// The sources' side of the bounded queue. Capacity is counted in bars, so a producer of large
+/// chunks and a stream of single bars see the same bound.
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::Sender<Queued>,
+    room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Queue {
+    /// Waits while the queue is full (backpressure). Cancellation-safe: a chunk is either queued
+    /// whole or not at all.
+    pub async fn send(&self, mut chunk: Chunk) -> Result<(), PipelineClosed> {
+        // A chunk larger than the whole queue would wait forever for room.
+        while chunk.bars.len() > self.capacity {
+            let rest = chunk.bars.split_off(self.capacity);
+            let head = Chunk {
+                mode: chunk.mode,
+                bars: std::mem::replace(&mut chunk.bars, rest),
+                rejections: std::mem::take(&mut chunk.rejections),
+                ack: chunk.ack.clone(),
+            };
+            self.send_one(head).await?;
+        }
+        self.send_one(chunk).await
+    }
+
+    async fn send_one(&self, chunk: Chunk) -> Result<(), PipelineClosed> {
+        let n = chunk.bars.len().max(1) as u32;
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| PipelineClosed)?;
+        self.tx
+            .send(Queued { chunk, _room: room })
+            .await
+            .map_err(|_| PipelineClosed)
+    }
+
+    /// Bars waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.capacity.saturating_sub(self.room.available_permits())
+    }
+}
+
+/// Counters over the pipeline's life.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub counts: WriteCounts,
+    pub batches: u64,
+    pub retries: u64,
+}
+
+pub struct Pipeline {
+    queue: Queue,
+    router: JoinHandle<()>,
+    writers: Vec<JoinHandle<Result<Totals, PipelineError>>>,
+}
+
+/// What the writers need to know besides the batch.
+#[derive(Clone)]
+pub(crate) struct WriterContext {
+    pool: Pool,
+    timeframes: Timeframes,
+    /// Cancelled when the operator gives up on uncommitted batches (shutdown deadline).
+    abandon: CancellationToken,
+}
+
+impl Pipeline {
+    pub fn start(
+        cfg: &PipelineConfig,
+        pool: Pool,
+        timeframes: Timeframes,
+        abandon: CancellationToken,
+    ) -> Pipeline {
+        let room = Arc::new(Semaphore::new(cfg.queue_capacity));
+        // The semaphore bounds bars; this only bounds the number of chunk envelopes.
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.clamp(1, 4096));
+        let ctx = WriterContext {
+            pool,
+            timeframes,
+            abandon,
+        };
+        let mut shards = Vec::with_capacity(cfg.writers);
+        let mut writers = Vec::with_capacity(cfg.writers);
+        for shard in 0..cfg.writers {
+            // One batch waiting while one is written: enough to keep a writer busy.
+            let (btx, brx) = mpsc::channel::<Batch>(1);
+            shards.push(btx);
+            writers.push(tokio::spawn(commit::write_loop(shard, brx, ctx.clone())));
+        }
+        let router = Router {
+            shards,
+            open: (0..cfg.writers).map(|_| Batch::new()).collect(),
+            max_rows: cfg.batch_max_rows,
+            max_age: Duration::from_millis(cfg.batch_max_age_ms),
+            timeframes,
+            hasher: std::collections::hash_map::RandomState::new(),
+        };
+        Pipeline {
+            queue: Queue {
+                tx,
+                room,
+                capacity: cfg.queue_capacity,
+            },
+            router: tokio::spawn(router.run(rx)),
+            writers,
+        }
+    }
+
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
+    }
+
+    /// Closes the queue, commits everything queued, and returns the totals. Every `Queue` clone
+    /// must have been dropped, or this waits for them.
+    pub async fn finish(self) -> Result<Totals, PipelineError> {
+        drop(self.queue);
+        let _ = self.router.await;
+        let mut totals = Totals::default();
+        let mut first_error = None;
+        for w in self.writers {
+            match w.await {
+                Ok(Ok(t)) => {
+                    totals.counts.add(&t.counts);
+                    totals.batches += t.batches;
+                    totals.retries += t.retries;
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(join) => {
+                    first_error
+                        .get_or_insert(PipelineError::Fatal(format!("writer task failed: {join}")));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(totals),
+        }
+    }
+}
+
+struct Router {
+    shards: Vec<mpsc::Sender<Batch>>,
+    open: Vec<Batch>,
+    max_rows: usize,
+    max_age: Duration,
+    timeframes: Timeframes,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Router {
+    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
+        loop {
+            let deadline = self
+                .open
+                .iter()
+                .filter(|b| !b.is_empty())
+                .map(|b| b.opened + self.max_age)
+                .min();
+            let next = match deadline {
+                Some(d) => tokio::select! {
+                    q = rx.recv() => q,
+                    _ = tokio::time::sleep_until(d.into()) => {
+                        if self.flush_expired().await.is_err() { return; }
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(queued) = next else { break };
+            if self.route(queued.chunk).await.is_err() {
+                return;
+            }
+        }
+        for shard in 0..self.open.len() {
+            if self.flush(shard).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn shard_of(&self, symbol: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        symbol.hash(&mut h);
+        (std::hash::Hasher::finish(&h) % self.shards.len() as u64) as usize
+    }
+
+    async fn route(&mut self, chunk: Chunk) -> Result<(), PipelineClosed> {
+        let now = Utc::now();
+        for r in chunk.rejections {
+            let shard = self.shard_of(r.symbol.as_deref().unwrap_or(""));
+            let b = self.batch(shard);
+            b.rejections.push(r);
+            b.rejected_bars += 1;
+            if let Some(ack) = &chunk.ack {
+                b.add_ack(ack);
+            }
+        }
+        for bar in chunk.bars {
+            let shard = self.shard_of(bar.symbol.as_str());
+            let problems = validate::check(&bar, self.timeframes.of(bar.source), now);
+            let b = self.batch(shard);
+            if problems.is_empty() {
+                b.entries.push(Staged {
+                    bar,
+                    mode: chunk.mode,
+                });
+            } else {
+                b.rejections.extend(problems);
+                b.rejected_bars += 1;
+            }
+            if let Some(ack) = &chunk.ack {
+                b.add_ack(ack);
+            }
+            if b.len() >= self.max_rows {
+                self.flush(shard).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The open batch of `shard`, restarting its age clock when it was empty.
+    fn batch(&mut self, shard: usize) -> &mut Batch {
+        let b = &mut self.open[shard];
+        if b.is_empty() {
+            b.opened = Instant::now();
+        }
+        b
+    }
+
+    async fn flush_expired(&mut self) -> Result<(), PipelineClosed> {
+        let now = Instant::now();
+        for shard in 0..self.open.len() {
+            let b = &self.open[shard];
+            if !b.is_empty() && b.opened + self.max_age <= now {
+                self.flush(shard).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, shard: usize) -> Result<(), PipelineClosed> {
+        if self.open[shard].is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.open[shard]);
+        self.shards[shard]
+            .send(batch)
+            .await
+            .map_err(|_| PipelineClosed)
+    }
+}

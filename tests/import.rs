@@ -1,0 +1,392 @@
+//! `mdingest import --format polygon-flatfile`, `status` and `check-config`, driven through the
+//! built binary as an operator would.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const MINUTE_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/polygon_minute_aggs.csv"
+);
+const DAY_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/polygon_day_aggs.csv"
+);
+
+fn gzip(src: &Path, dst: &Path) {
+    let raw = std::fs::read(src).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(dst).unwrap(),
+        flate2::Compression::default(),
+    );
+    gz.write_all(&raw).unwrap();
+    gz.finish().unwrap();
+}
+
+fn import(cfg: &Path, files: &[&Path]) -> std::process::Output {
+    let mut args = vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "import",
+        "--format",
+        "polygon-flatfile",
+    ];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    mdingest(&args, &[])
+}
+
+/// The value printed on the summary line `name`.
+fn summary_value(out: &str, name: &str) -> String {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no {name:?} in summary:\n{out}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_csv_then_identical_csv_gz() {
+    let db = TestDb::migrated("import").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+
+    let out = import(&cfg, &[Path::new(MINUTE_FIXTURE)]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{}", text, stderr(&out));
+    assert_eq!(summary_value(&text, "rows read"), "8");
+    assert_eq!(summary_value(&text, "inserted"), "5");
+    assert_eq!(summary_value(&text, "rejected"), "3");
+    assert!(
+        text.contains("rows/s") && text.contains("seconds"),
+        "{text}"
+    );
+
+    let client = db.client().await;
+    let vols: Vec<i64> = client
+        .query(
+            "SELECT volume FROM data_ingestion.market_data WHERE symbol = 'AAPL' ORDER BY timestamp",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        vols,
+        [4930, 25934, 10_471_000],
+        "fractional volumes rounded"
+    );
+    let low: String = client
+        .query_one(
+            "SELECT low::text FROM data_ingestion.market_data WHERE symbol = 'AAPL' ORDER BY timestamp LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(low, "185.4501");
+    let logged: Vec<(String, Option<i64>)> = client
+        .query(
+            "SELECT check_name, (details->>'line')::bigint FROM data_ingestion.data_quality_logs ORDER BY 2 NULLS LAST",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("not_a_number".to_string(), Some(6)),
+            ("malformed_row".to_string(), Some(7)),
+            ("high_below_open_close".to_string(), None),
+        ]
+    );
+    let file: String = client
+        .query_one(
+            "SELECT details->>'file' FROM data_ingestion.data_quality_logs WHERE check_name = 'not_a_number'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(file.ends_with("polygon_minute_aggs.csv"));
+
+    // The same rows, gzipped: nothing changes.
+    let gz = dir.path().join("minute.csv.gz");
+    gzip(Path::new(MINUTE_FIXTURE), &gz);
+    let out = import(&cfg, &[&gz]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary_value(&text, "inserted"), "0");
+    assert_eq!(summary_value(&text, "updated"), "0");
+    assert_eq!(summary_value(&text, "unchanged"), "5");
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        5
+    );
+
+    // Progress is recorded under mode 'backfill', completed.
+    let out = mdingest(&["--config", cfg.to_str().unwrap(), "status"], &[]);
+    let table = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("SOURCE") && header.contains("LAST BAR"));
+    let aapl = table
+        .lines()
+        .find(|l| l.contains("AAPL"))
+        .expect("AAPL row");
+    let cells: Vec<&str> = aapl.split_whitespace().collect();
+    assert_eq!(
+        &cells[..5],
+        ["polygon", "AAPL", "backfill", "1m", "completed"]
+    );
+    assert!(aapl.contains("2024-01-02 14:32:00Z"), "{aapl}");
+    // Columns line up: every row's MODE starts where the header's does.
+    let col = header.find("MODE").unwrap();
+    for line in table.lines().skip(1) {
+        assert_eq!(&line[col..col + 8], "backfill", "{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_files_load_when_the_timeframe_is_1d_and_are_refused_when_1m() {
+    let db = TestDb::migrated("dayfile").await;
+    let dir = tempfile::tempdir().unwrap();
+    let minute_cfg = db.config_file(dir.path(), "");
+    let out = import(&minute_cfg, &[Path::new(DAY_FIXTURE)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("polygon_day_aggs.csv") && err.contains("line 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("day aggregates but sources.polygon.timeframe is 1m"),
+        "{err}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        0
+    );
+
+    let day_dir = tempfile::tempdir().unwrap();
+    let day_cfg = db.config_file(
+        day_dir.path(),
+        "[sources.polygon]\nenabled = false\ntimeframe = \"1d\"\n",
+    );
+    let out = import(&day_cfg, &[Path::new(DAY_FIXTURE)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data WHERE timestamp = '2024-01-02T05:00:00Z'")
+            .await,
+        2
+    );
+}
+
+fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_files_are_named_and_load_nothing() {
+    let db = TestDb::migrated("badfiles").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let good = Path::new(MINUTE_FIXTURE);
+    let missing = dir.path().join("missing.csv.gz");
+    let not_gzip = write(dir.path(), "plain.csv.gz", b"ticker,volume\n");
+    let bad_header = write(
+        dir.path(),
+        "header.csv",
+        b"sym,vol,o,c,h,l,t,n\nAAPL,1,1,1,1,1,1,1\n",
+    );
+    let empty = write(dir.path(), "empty.csv", b"");
+    for (bad, expect) in [
+        (&missing, "cannot open"),
+        (&not_gzip, "not a gzip file"),
+        (&bad_header, "line 1: header"),
+        (&empty, "empty file"),
+    ] {
+        // The bad file comes second: the good one before it must not load either.
+        let out = import(&cfg, &[good, bad]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(bad.to_str().unwrap()), "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!err.contains("panick"), "{err}");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_gzip_loads_the_rows_before_the_cut_and_names_the_line() {
+    let db = TestDb::migrated("truncated").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
+    for m in 0..20_000i64 {
+        let ns = (1_704_205_800 + 60 * (m % 390)) * 1_000_000_000;
+        csv.push_str(&format!("T{},100,10.5,10.6,10.7,10.4,{ns},5\n", m / 390));
+    }
+    let full = write(dir.path(), "full.csv", csv.as_bytes());
+    let gz = dir.path().join("full.csv.gz");
+    gzip(&full, &gz);
+    let bytes = std::fs::read(&gz).unwrap();
+    let cut = write(dir.path(), "cut.csv.gz", &bytes[..bytes.len() / 2]);
+
+    let out = import(&cfg, &[&cut]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cut.csv.gz: line "), "{err}");
+    let loaded = db
+        .count("SELECT count(*) FROM data_ingestion.market_data")
+        .await;
+    assert!(loaded > 1000 && loaded < 20_000, "{loaded} rows loaded");
+    let rows_read: i64 = summary_value(&stdout(&out), "rows read").parse().unwrap();
+    assert_eq!(rows_read, loaded);
+    // The feeds of a failed file are marked as such.
+    let errors = db
+        .count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'error' AND last_error LIKE '%cut.csv.gz%'")
+        .await;
+    assert!(errors > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_into_an_unmigrated_database_says_to_migrate() {
+    let db = TestDb::empty("unmigrated").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let out = import(&cfg, &[Path::new(MINUTE_FIXTURE)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("mdingest migrate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_errors_name_the_key_and_env_overrides_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "c.toml",
+        b"[database]\nurl = \"postgres://u:s3cret@db.example:5432/trading_system\"\n[pipeline]\nwriters = 4\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+
+    let out = mdingest(&["--config", cfg, "check-config"], &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("writers = 4"), "{text}");
+    assert!(text.contains("u:REDACTED@db.example"), "{text}");
+    assert!(!text.contains("s3cret"));
+
+    let out = mdingest(
+        &["--config", cfg, "check-config"],
+        &[
+            ("MDINGEST__PIPELINE__WRITERS", "3"),
+            ("MDINGEST__SOURCES__POLYGON__API_KEY", "pk_live_1"),
+            ("MDINGEST__SOURCES__POLYGON__SYMBOLS", "AAPL,NVDA"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("writers = 3"), "{text}");
+    assert!(
+        text.contains("[sources.polygon]") && text.contains("\"NVDA\""),
+        "{text}"
+    );
+    assert!(!text.contains("pk_live_1"), "{text}");
+
+    // The vendor's own variable fills a configured source's key, under MDINGEST__'s precedence.
+    let out = mdingest(
+        &["--config", cfg, "check-config"],
+        &[
+            ("MDINGEST__SOURCES__POLYGON__ENABLED", "true"),
+            ("POLYGON_API_KEY", "pk_vendor"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("pk_vendor"));
+
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[("MDINGEST__PIPELINE__WRITERS", "many")],
+            "MDINGEST__PIPELINE__WRITERS",
+        ),
+        (
+            &[("MDINGEST__PIPELINE__WRITRS", "2")],
+            "MDINGEST__PIPELINE__WRITRS: unknown key",
+        ),
+        (
+            &[("MDINGEST__SOURCES__ALPACA__TIMEFRAME", "2m")],
+            "MDINGEST__SOURCES__ALPACA__TIMEFRAME",
+        ),
+        (
+            &[("MDINGEST__SOURCES__POLYGON__ENABLED", "true")],
+            "sources.polygon.api_key",
+        ),
+        (
+            &[("MDINGEST__REDIS__URL", "http://x")],
+            "MDINGEST__REDIS__URL",
+        ),
+    ];
+    for (env, expect) in cases {
+        let out = mdingest(&["--config", cfg, "check-config"], env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{env:?}");
+        assert!(err.contains(expect), "{env:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+
+    for (body, expect) in [
+        (
+            "[database]\nurl = \"x\"\nbogus = 1\n",
+            "database.bogus (in ",
+        ),
+        (
+            "[pipeline]\nbatch_max_rows = 0\n",
+            "pipeline.batch_max_rows (in ",
+        ),
+        (
+            "[sources.yahoo]\ntimeframe = \"7m\"\n",
+            "sources.yahoo.timeframe (in ",
+        ),
+        (
+            "[sources.polygon]\nrest_url = \"not a url\"\napi_key = \"k\"\n",
+            "sources.polygon.rest_url (in ",
+        ),
+        ("[metrics]\nlisten = \"nowhere\"\n", "metrics.listen (in "),
+        (
+            "[database]\nurl = \"postgres://u:pw@h:notaport/db\"\n",
+            "database.url (in ",
+        ),
+    ] {
+        let file = write(dir.path(), "bad.toml", body.as_bytes());
+        let out = mdingest(&["--config", file.to_str().unwrap(), "check-config"], &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{body}");
+        assert!(err.contains(expect), "{body}: {err}");
+        assert!(!err.contains(":pw@"), "{err}");
+    }
+
+    let out = mdingest(&["--config", "/nonexistent/mdingest.toml", "status"], &[]);
+    assert!(stderr(&out).contains("/nonexistent/mdingest.toml not found"));
+}

@@ -1,0 +1,335 @@
+//! The write path against a real PostgreSQL: COPY + merge, de-duplication, validation, status,
+//! and batches that survive the database dropping their connections.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Duration as Span;
+use common::*;
+use mdingest::domain::{Bar, Mode};
+use mdingest::pipeline::{BatchReport, Chunk, Pipeline, Queue, Totals};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn start(db: &TestDb, extra: &str) -> Pipeline {
+    let cfg = db.config_with(extra);
+    let pool = mdingest::db::pool(&cfg.database).unwrap();
+    Pipeline::start(
+        &cfg.pipeline,
+        pool,
+        cfg.timeframes(),
+        CancellationToken::new(),
+    )
+}
+
+async fn send(queue: &Queue, bars: Vec<Bar>) -> mpsc::UnboundedReceiver<BatchReport> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    queue
+        .send(Chunk {
+            mode: Mode::Stream,
+            bars,
+            rejections: vec![],
+            ack: Some(tx),
+        })
+        .await
+        .unwrap();
+    rx
+}
+
+/// Sends one chunk through a fresh pipeline and waits for everything to commit.
+async fn write(db: &TestDb, bars: Vec<Bar>) -> Totals {
+    let p = start(db, "");
+    drop(send(&p.queue(), bars).await);
+    p.finish().await.unwrap()
+}
+
+async fn xmins(db: &TestDb) -> Vec<(String, String)> {
+    db.client()
+        .await
+        .query(
+            "SELECT symbol || '@' || timestamp::text, xmin::text FROM data_ingestion.market_data ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_inserts_updates_changed_and_leaves_identical_rows_untouched() {
+    let db = TestDb::migrated("upsert").await;
+    let bars = vec![
+        bar("AAPL", minute(14, 30), "185.10", 1000),
+        bar("AAPL", minute(14, 31), "185.20", 1100),
+        bar("MSFT", minute(14, 30), "370.00", 900),
+    ];
+    let first = write(&db, bars.clone()).await;
+    assert_eq!(
+        (
+            first.counts.inserted,
+            first.counts.updated,
+            first.counts.unchanged
+        ),
+        (3, 0, 0)
+    );
+    let before = xmins(&db).await;
+
+    let mut second = bars.clone();
+    second[1].close = d("185.3333");
+    second[1].volume = 1200;
+    let t = write(&db, second).await;
+    assert_eq!(
+        (t.counts.inserted, t.counts.updated, t.counts.unchanged),
+        (0, 1, 2)
+    );
+    let after = xmins(&db).await;
+    assert_eq!(before.len(), 3);
+    assert_eq!(
+        after[0], before[0],
+        "identical AAPL 14:30 row was rewritten"
+    );
+    assert_eq!(after[2], before[2], "identical MSFT row was rewritten");
+    assert_ne!(after[1].1, before[1].1, "changed row was not updated");
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT close::text, volume FROM data_ingestion.market_data WHERE symbol='AAPL' AND timestamp = $1",
+            &[&minute(14, 31)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "185.3333");
+    assert_eq!(row.get::<_, i64>(1), 1200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_key_in_one_batch_last_one_wins() {
+    let db = TestDb::migrated("dup").await;
+    let mut corrected = bar("AAPL", minute(14, 30), "185.10", 1000);
+    corrected.volume = 4242;
+    let t = write(
+        &db,
+        vec![
+            bar("AAPL", minute(14, 30), "185.10", 1000),
+            bar("AAPL", minute(14, 31), "185.10", 1000),
+            corrected,
+        ],
+    )
+    .await;
+    assert_eq!(t.counts.inserted, 2);
+    let v: i64 = db
+        .count("SELECT volume FROM data_ingestion.market_data WHERE timestamp = '2024-01-02T14:30:00Z'")
+        .await;
+    assert_eq!(v, 4242);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_bar_is_logged_and_the_good_ones_commit() {
+    let db = TestDb::migrated("badbar").await;
+    let mut inverted = bar("MSFT", minute(14, 32), "370", 10);
+    inverted.high = d("300");
+    let mut huge = bar("NVDA", minute(14, 33), "1", 10);
+    huge.high = d("100000000000"); // 1e11: one digit more than DECIMAL(15,4) holds
+    let mut off_grid = bar("TSLA", minute(14, 34), "250", 10);
+    off_grid.timestamp += Span::seconds(17);
+    let t = write(
+        &db,
+        vec![
+            bar("AAPL", minute(14, 30), "185", 10),
+            inverted,
+            bar("AAPL", minute(14, 31), "185", 10),
+            huge,
+            off_grid,
+            bar("AAPL", minute(14, 32), "185", 10),
+        ],
+    )
+    .await;
+    assert_eq!(t.counts.inserted, 3);
+    assert_eq!(t.counts.rejected, 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        3
+    );
+    let client = db.client().await;
+    let logged: Vec<(String, String, String, String)> = client
+        .query(
+            "SELECT symbol, check_name, severity, action FROM data_ingestion.data_quality_logs ORDER BY symbol",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let checks: Vec<(&str, &str)> = logged
+        .iter()
+        .map(|(s, c, _, _)| (s.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("MSFT", "high_below_open_close"),
+            ("NVDA", "price_out_of_range"),
+            ("TSLA", "off_timeframe_grid"),
+        ]
+    );
+    assert!(logged.iter().all(|l| l.2 == "error" && l.3 == "rejected"));
+    let details: String = client
+        .query_one(
+            "SELECT details->>'high' FROM data_ingestion.data_quality_logs WHERE symbol = 'MSFT'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(details, "300");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_advances_after_commit_and_never_backwards() {
+    let db = TestDb::migrated("status").await;
+    write(
+        &db,
+        vec![
+            bar("AAPL", minute(14, 30), "185", 10),
+            bar("AAPL", minute(14, 35), "185", 10),
+        ],
+    )
+    .await;
+    // A late correction of an older bar must not move the feed back.
+    write(&db, vec![bar("AAPL", minute(14, 31), "186", 10)]).await;
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT mode, timeframe, state, last_bar_timestamp, rows_written
+             FROM data_ingestion.ingestion_status WHERE data_source = 'polygon' AND symbol = 'AAPL'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "stream");
+    assert_eq!(row.get::<_, String>(1), "1m");
+    assert_eq!(row.get::<_, String>(2), "running");
+    assert_eq!(
+        row.get::<_, chrono::DateTime<chrono::Utc>>(3),
+        minute(14, 35)
+    );
+    assert_eq!(row.get::<_, i64>(4), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_is_told_only_after_commit() {
+    let db = TestDb::migrated("ack").await;
+    let p = start(&db, "[pipeline]\nbatch_max_age_ms = 20\n");
+    let mut acks = send(&p.queue(), vec![bar("AAPL", minute(14, 30), "185", 10)]).await;
+    let report = tokio::time::timeout(Duration::from_secs(10), acks.recv())
+        .await
+        .expect("no report within 10 s")
+        .expect("report");
+    // The report arrives after commit: another session already sees the row.
+    assert_eq!(report.counts.inserted, 1);
+    assert_eq!(report.feeds[0].last_bar, minute(14, 30));
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        1
+    );
+    p.finish().await.unwrap();
+}
+
+async fn terminate_writers(db: &TestDb) -> i64 {
+    let admin = connect(&admin_url()).await;
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND application_name = 'mdingest'",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_restart_between_batches_loses_nothing() {
+    let db = TestDb::migrated("restart").await;
+    let p = start(&db, "[pipeline]\nbatch_max_age_ms = 20\n");
+    let queue = p.queue();
+    let mut acks = send(&queue, vec![bar("AAPL", minute(14, 30), "185", 10)]).await;
+    acks.recv().await.expect("first batch committed");
+    assert!(
+        terminate_writers(&db).await >= 1,
+        "no writer session to terminate"
+    );
+    let mut acks = send(&queue, vec![bar("AAPL", minute(14, 31), "185", 10)]).await;
+    let report = tokio::time::timeout(Duration::from_secs(30), acks.recv())
+        .await
+        .expect("second batch not committed within 30 s")
+        .unwrap();
+    assert_eq!(report.counts.inserted, 1);
+    drop(queue);
+    p.finish().await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_during_a_load_lose_nothing() {
+    let db = TestDb::migrated("killer").await;
+    let p = start(
+        &db,
+        "[pipeline]\nbatch_max_rows = 500\nbatch_max_age_ms = 10\n",
+    );
+    let queue = p.queue();
+    let stop = CancellationToken::new();
+    let killer = {
+        let stop = stop.clone();
+        let name = db.name.clone();
+        tokio::spawn(async move {
+            let admin = connect(&admin_url()).await;
+            let mut killed = 0i64;
+            while !stop.is_cancelled() {
+                let n: i64 = admin
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE datname = $1 AND application_name = 'mdingest'",
+                        &[&name],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                killed += n;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            killed
+        })
+    };
+    let symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "TSLA", "SPY", "QQQ", "IWM"];
+    for m in 0..300i64 {
+        let ts = minute(14, 30) + Span::minutes(m);
+        let bars = symbols.iter().map(|s| bar(s, ts, "100", m)).collect();
+        drop(send(&queue, bars).await);
+    }
+    drop(queue);
+    let totals = p.finish().await.unwrap();
+    stop.cancel();
+    let killed = killer.await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        2400
+    );
+    // A commit whose reply was lost is retried and then finds its rows unchanged.
+    assert_eq!(totals.counts.written(), 2400);
+    eprintln!("killed {killed} sessions; {} retries", totals.retries);
+}
