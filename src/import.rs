@@ -129,10 +129,13 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
         ..Default::default()
     };
     let mut committed = WriteCounts::default();
-    let mut symbols: HashSet<Symbol> = HashSet::new();
+    // Feeds touched by each outcome, to mark them completed or failed at the end.
+    let mut loaded: HashSet<Symbol> = HashSet::new();
+    let mut failed: Vec<(HashSet<Symbol>, String)> = Vec::new();
     let mut progress = Progress::new("import", total_bytes, opts.show_progress);
     let bytes = Arc::new(AtomicU64::new(0));
-    'files: for path in &opts.paths {
+    let mut closed = false;
+    for path in &opts.paths {
         let mut file = match FlatFile::open(path, timeframe, bytes.clone()) {
             Ok(f) => f,
             Err(e) => {
@@ -140,10 +143,12 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
                 continue;
             }
         };
+        let mut symbols: HashSet<Symbol> = HashSet::new();
+        let mut error = None;
         loop {
             if opts.stop.is_cancelled() {
                 summary.interrupted = true;
-                break 'files;
+                break;
             }
             // The reader does blocking file I/O and decompression.
             let next = tokio::task::block_in_place(|| file.next_chunk(CHUNK_ROWS));
@@ -151,8 +156,7 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    summary.failed.push(e.to_string());
+                    error = Some(e.to_string());
                     break;
                 }
             };
@@ -165,7 +169,8 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
             chunk.ack = Some(ack_tx.clone());
             if queue.send(chunk).await.is_err() {
                 // A writer stopped; `finish` below says why.
-                break 'files;
+                closed = true;
+                break;
             }
             while let Ok(report) = ack_rx.try_recv() {
                 committed.add(&report.counts);
@@ -175,7 +180,17 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
                 format!("{rows} rows read, {} committed", committed.written())
             });
         }
+        match error {
+            Some(e) => {
+                summary.failed.push(e.clone());
+                failed.push((symbols, e));
+            }
+            None => loaded.extend(symbols),
+        }
         tracing::debug!(file = %file.path().display(), "file read");
+        if summary.interrupted || closed {
+            break;
+        }
     }
     drop(queue);
     drop(ack_tx);
@@ -185,26 +200,38 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
     summary.counts = totals.counts;
     summary.seconds = started.elapsed().as_secs_f64();
 
-    let symbols: Vec<Symbol> = symbols.into_iter().collect();
-    if !symbols.is_empty() {
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
-        let (state, error) = match (summary.interrupted, summary.failed.first()) {
-            (true, _) => ("idle", Some("import interrupted")),
-            (false, Some(e)) => ("error", Some(e.as_str())),
-            (false, None) => ("completed", None),
-        };
-        db::status::finish_feeds(
-            &client,
-            DataSource::Polygon,
-            Mode::Backfill,
-            &symbols,
-            state,
-            error,
-        )
-        .await?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
+    let finish = |symbols: Vec<Symbol>, state: &'static str, error: Option<String>| {
+        let client = &client;
+        async move {
+            if symbols.is_empty() {
+                return Ok::<_, DbError>(());
+            }
+            db::status::finish_feeds(
+                client,
+                DataSource::Polygon,
+                Mode::Backfill,
+                &symbols,
+                state,
+                error.as_deref(),
+            )
+            .await?;
+            Ok(())
+        }
+    };
+    // A symbol whose file broke off is an error even if another file loaded it.
+    for (symbols, e) in failed {
+        loaded.retain(|s| !symbols.contains(s));
+        finish(symbols.into_iter().collect(), "error", Some(e)).await?;
     }
+    let (state, note) = if summary.interrupted {
+        ("idle", Some("import interrupted".to_string()))
+    } else {
+        ("completed", None)
+    };
+    finish(loaded.into_iter().collect(), state, note).await?;
     Ok(summary)
 }
