@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Timelike, Utc};
 use rust_decimal::prelude::ToPrimitive;
@@ -36,9 +37,15 @@ pub enum DomainError {
 
 /// A ticker as stored in `market_data.symbol`: 1..=20 characters, upper-case letters, digits and
 /// the punctuation vendors use in class shares and indices (`BRK.B`, `BF-B`, `^GSPC`, `EURUSD=X`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct Symbol(String);
+/// Shared (`Arc`), so the bars of one symbol do not each carry a copy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Symbol(Arc<str>);
+
+impl Serialize for Symbol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl Symbol {
     pub fn as_str(&self) -> &str {
@@ -61,7 +68,7 @@ impl FromStr for Symbol {
         if !s.chars().all(ticker_char) || !s.chars().any(|c| c.is_ascii_alphanumeric()) {
             return Err(DomainError::SymbolNotTicker(s.to_string()));
         }
-        Ok(Symbol(s.to_string()))
+        Ok(Symbol(Arc::from(s)))
     }
 }
 

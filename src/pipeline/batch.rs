@@ -7,7 +7,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use super::{AckTx, Rejection};
-use crate::domain::{Bar, BarKey, DataSource, Mode, Symbol, Timeframe};
+use crate::domain::{Bar, DataSource, Mode, Symbol, Timeframe};
 
 /// A bar on its way to the database, with the feed mode it came through.
 #[derive(Debug, Clone)]
@@ -93,18 +93,25 @@ impl Batch {
 
     /// Keeps the last of several bars with one key: the later one is the vendor's correction.
     pub fn dedup(&mut self) {
-        let mut last: HashMap<BarKey, usize> = HashMap::with_capacity(self.entries.len());
-        for (i, e) in self.entries.iter().enumerate() {
-            last.insert(e.bar.key(), i);
-        }
-        if last.len() == self.entries.len() {
-            return;
-        }
-        let mut i = 0;
-        self.entries.retain(|e| {
-            let keep = last.get(&e.bar.key()) == Some(&i);
-            i += 1;
+        let keep: Vec<bool> = {
+            let mut last: HashMap<(&str, DateTime<Utc>, DataSource), usize> =
+                HashMap::with_capacity(self.entries.len());
+            for (i, e) in self.entries.iter().enumerate() {
+                last.insert((e.bar.symbol.as_str(), e.bar.timestamp, e.bar.source), i);
+            }
+            if last.len() == self.entries.len() {
+                return;
+            }
+            let mut keep = vec![false; self.entries.len()];
+            for i in last.into_values() {
+                keep[i] = true;
+            }
             keep
+        };
+        let mut i = 0;
+        self.entries.retain(|_| {
+            i += 1;
+            keep[i - 1]
         });
     }
 

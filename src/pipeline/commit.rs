@@ -25,7 +25,10 @@ pub(crate) async fn write_loop(
     mut rx: tokio::sync::mpsc::Receiver<Batch>,
     ctx: WriterContext,
 ) -> Result<Totals, PipelineError> {
-    let mut totals = Totals::default();
+    let mut state = WriterState {
+        totals: Totals::default(),
+        expect_new: true,
+    };
     let mut uncommitted = 0u64;
     while let Some(batch) = rx.recv().await {
         if ctx.abandon.is_cancelled() {
@@ -34,8 +37,9 @@ pub(crate) async fn write_loop(
         }
         let acks = batch.acks.clone();
         let n = batch.entries.len() as u64;
-        match commit(&ctx, batch, &mut totals).await {
+        match commit(&ctx, batch, &mut state).await {
             Ok(report) => {
+                let totals = &mut state.totals;
                 totals.batches += 1;
                 totals.counts.add(&report.counts);
                 for ack in &acks {
@@ -52,7 +56,14 @@ pub(crate) async fn write_loop(
     if uncommitted > 0 {
         return Err(PipelineError::Abandoned { uncommitted });
     }
-    Ok(totals)
+    Ok(state.totals)
+}
+
+struct WriterState {
+    totals: Totals,
+    /// Whether the last batch held only new rows: then the next one first tries the cheap
+    /// plain insert (see `writer::write_batch`).
+    expect_new: bool,
 }
 
 enum Failure {
@@ -66,18 +77,19 @@ type CommitFuture<'a> = Pin<Box<dyn Future<Output = Result<BatchReport, Failure>
 fn commit<'a>(
     ctx: &'a WriterContext,
     mut batch: Batch,
-    totals: &'a mut Totals,
+    state: &'a mut WriterState,
 ) -> CommitFuture<'a> {
     Box::pin(async move {
         batch.dedup();
         let feeds = batch.feeds(|s| ctx.timeframes.of(s));
+        let expect_new = state.expect_new;
         let attempt = || async {
             let mut client = ctx
                 .pool
                 .get()
                 .await
                 .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
-            writer::write_batch(&mut client, &batch, &feeds).await
+            writer::write_batch(&mut client, &batch, &feeds, expect_new).await
         };
         let mut retries = 0u64;
         let retried = attempt
@@ -99,11 +111,12 @@ fn commit<'a>(
         };
         match result {
             Ok(mut counts) => {
-                totals.retries += retries;
+                state.totals.retries += retries;
+                state.expect_new = counts.inserted == batch.entries.len() as u64;
                 counts.rejected = batch.rejected_bars;
                 Ok(BatchReport { counts, feeds })
             }
-            Err(e) if is_bad_data(&e) => bisect(ctx, batch, e, totals).await,
+            Err(e) if is_bad_data(&e) => bisect(ctx, batch, e, state).await,
             Err(e) => Err(Failure::Fatal(e.to_string())),
         }
     })
@@ -123,7 +136,7 @@ async fn bisect(
     ctx: &WriterContext,
     batch: Batch,
     err: DbError,
-    totals: &mut Totals,
+    state: &mut WriterState,
 ) -> Result<BatchReport, Failure> {
     if batch.entries.len() <= 1 {
         let mut only_log = Batch::new();
@@ -143,11 +156,11 @@ async fn bisect(
             // The quality-log rows themselves were refused: nothing smaller to try.
             return Err(Failure::Fatal(err.to_string()));
         }
-        return commit(ctx, only_log, totals).await;
+        return commit(ctx, only_log, state).await;
     }
     let (first, second) = batch.split();
-    let mut a = commit(ctx, first, totals).await?;
-    let b = commit(ctx, second, totals).await?;
+    let mut a = commit(ctx, first, state).await?;
+    let b = commit(ctx, second, state).await?;
     a.counts.add(&b.counts);
     a.feeds.extend(b.feeds);
     Ok(a)

@@ -87,6 +87,7 @@ pub struct FlatFile {
     /// An error met after some rows of a chunk were read: those rows go out first.
     pending: Option<FlatFileError>,
     done: bool,
+    last_symbol: std::cell::RefCell<Option<Symbol>>,
 }
 
 impl FlatFile {
@@ -159,6 +160,7 @@ impl FlatFile {
             record: csv::StringRecord::new(),
             pending: None,
             done: false,
+            last_symbol: Default::default(),
         })
     }
 
@@ -297,7 +299,22 @@ impl FlatFile {
             };
             (check, Some(ts), e.to_string())
         };
-        let symbol: Symbol = self.field(0)?.trim().parse().map_err(fail)?;
+        let raw = self.field(0)?.trim();
+        // Files are sorted by ticker: share the previous row's symbol instead of a new one.
+        let cached = self
+            .last_symbol
+            .borrow()
+            .as_ref()
+            .filter(|last| last.as_str() == raw)
+            .cloned();
+        let symbol = match cached {
+            Some(s) => s,
+            None => {
+                let parsed: Symbol = raw.parse().map_err(fail)?;
+                self.last_symbol.replace(Some(parsed.clone()));
+                parsed
+            }
+        };
         let num = |i: usize,
                    name: &'static str|
          -> Result<_, (&'static str, Option<DateTime<Utc>>, String)> {
