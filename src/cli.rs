@@ -147,7 +147,10 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
 /// `RUST_LOG` wins over `log.level`; logs go to stderr so stdout stays the command's output.
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+        // refinery narrates every migration at info; `migrate` prints its own summary.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{},refinery_core=warn", cfg.log.level))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

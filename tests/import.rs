@@ -57,9 +57,9 @@ async fn imports_csv_then_identical_csv_gz() {
     let out = import(&cfg, &[Path::new(MINUTE_FIXTURE)]);
     let text = stdout(&out);
     assert!(out.status.success(), "{}\n{}", text, stderr(&out));
-    assert_eq!(summary_value(&text, "rows read"), "8");
+    assert_eq!(summary_value(&text, "rows read"), "9");
     assert_eq!(summary_value(&text, "inserted"), "5");
-    assert_eq!(summary_value(&text, "rejected"), "3");
+    assert_eq!(summary_value(&text, "rejected"), "4");
     assert!(
         text.contains("rows/s") && text.contains("seconds"),
         "{text}"
@@ -105,6 +105,7 @@ async fn imports_csv_then_identical_csv_gz() {
         [
             ("not_a_number".to_string(), Some(6)),
             ("malformed_row".to_string(), Some(7)),
+            ("value_out_of_range".to_string(), Some(9)),
             ("high_below_open_close".to_string(), None),
         ]
     );
@@ -265,6 +266,43 @@ async fn truncated_gzip_loads_the_rows_before_the_cut_and_names_the_line() {
         .count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'error' AND last_error LIKE '%cut.csv.gz%'")
         .await;
     assert!(errors > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_rows_are_rejected_without_a_panic() {
+    let db = TestDb::migrated("garbage").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let mut body = b"ticker,volume,open,close,high,low,window_start,transactions\n".to_vec();
+    for line in [
+        &b"AAPL,100,1,1,1,1,1704205800000000000,1"[..],
+        b"",
+        b",,,,,,,",
+        b"\"AAPL\",\"1\"\"\",1,1,1,1,1704205860000000000,1",
+        b"AAPL\x00,1,1,1,1,1,1704205920000000000,1",
+        b"\xff\xfe,1,1,1,1,1,1704205980000000000,1",
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ,1,1,1,1,1,1704206040000000000,1",
+        b"AAPL,1,1,1,1,1,-9223372036854775808,1",
+        b"AAPL,1,1,1,1,1,99999999999999999999999,1",
+        b"AAPL,NaN,inf,-inf,1e400,-0,1704206100000000000,1",
+        b"AAPL,1,79228162514264337593543950336,1,1,1,1704206160000000000,1",
+        b"AAPL,-5,1,1,1,1,1704206220000000000,1",
+    ] {
+        body.extend_from_slice(line);
+        body.push(b'\n');
+    }
+    let file = write(dir.path(), "garbage.csv", &body);
+    let out = import(&cfg, &[&file]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panick"), "{err}");
+    let text = stdout(&out);
+    assert_eq!(summary_value(&text, "inserted"), "1");
+    assert_eq!(summary_value(&text, "rejected"), "10");
+    let logged = db
+        .count("SELECT count(DISTINCT (details->>'line')) FROM data_ingestion.data_quality_logs")
+        .await;
+    assert_eq!(logged, 8, "every row rejected while parsing names its line");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "mdingest")
 OUT = os.path.join(ROOT, "bench-out")
+os.environ["PGOPTIONS"] = "-c client_min_messages=warning"
 ADMIN = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
