@@ -112,11 +112,18 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             paths,
         } => {
             let stop = CancellationToken::new();
-            let on_signal = stop.clone();
+            let abandon = CancellationToken::new();
+            let (on_stop, on_abandon) = (stop.clone(), abandon.clone());
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!("interrupted: committing what was read, then stopping");
-                    on_signal.cancel();
+                    tracing::warn!(
+                        "interrupted: committing what was read (Ctrl-C again to give up)"
+                    );
+                    on_stop.cancel();
+                }
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::warn!("giving up on rows not yet committed");
+                    on_abandon.cancel();
                 }
             });
             let summary = import::import(
@@ -125,6 +132,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                     paths,
                     show_progress: true,
                     stop,
+                    abandon,
                 },
             )
             .await?;

@@ -23,7 +23,7 @@ pub enum DomainError {
     EmptySymbol,
     #[error("symbol {0:?} is longer than {SYMBOL_MAX_LEN} characters")]
     SymbolTooLong(String),
-    #[error("symbol {0:?} is not a ticker (letters, digits, '.', '-', '/', '^', '=' only)")]
+    #[error("symbol {0:?} is not a ticker (letters, digits and . - / ^ = : only, starting with an upper-case letter, a digit or ^)")]
     SymbolNotTicker(String),
     #[error("unknown data source {0:?} (expected polygon, yahoo, yahoo_adjusted or alpaca)")]
     UnknownSource(String),
@@ -35,8 +35,10 @@ pub enum DomainError {
     VolumeOutOfRange(Decimal),
 }
 
-/// A ticker as stored in `market_data.symbol`: 1..=20 characters, upper-case letters, digits and
-/// the punctuation vendors use in class shares and indices (`BRK.B`, `BF-B`, `^GSPC`, `EURUSD=X`).
+/// A ticker as stored in `market_data.symbol`: 1..=20 characters of letters, digits and the
+/// punctuation vendors use in class shares and indices (`BRK.B`, `BF-B`, `^GSPC`, `EURUSD=X`),
+/// starting with an upper-case letter, a digit or `^`. Lower-case letters occur inside real
+/// tickers (Polygon writes preferreds as `ABRpD`), never at the start.
 /// Shared (`Arc`), so the bars of one symbol do not each carry a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Symbol(Arc<str>);
@@ -62,10 +64,13 @@ impl FromStr for Symbol {
         if s.chars().count() > SYMBOL_MAX_LEN {
             return Err(DomainError::SymbolTooLong(s.to_string()));
         }
-        let ticker_char = |c: char| {
-            c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '/' | '^' | '=')
-        };
-        if !s.chars().all(ticker_char) || !s.chars().any(|c| c.is_ascii_alphanumeric()) {
+        let ticker_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '/' | '^' | '=' | ':');
+        let starts_well = s
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '^');
+        if !starts_well || !s.chars().all(ticker_char) {
             return Err(DomainError::SymbolNotTicker(s.to_string()));
         }
         Ok(Symbol(Arc::from(s)))
@@ -322,6 +327,7 @@ mod tests {
         assert!("AAPL".parse::<Symbol>().is_ok());
         assert!("BRK.B".parse::<Symbol>().is_ok());
         assert!("^GSPC".parse::<Symbol>().is_ok());
+        assert!("ABRpD".parse::<Symbol>().is_ok());
         assert_eq!("".parse::<Symbol>(), Err(DomainError::EmptySymbol));
         assert!(matches!(
             "ABCDEFGHIJKLMNOPQRSTU".parse::<Symbol>(),

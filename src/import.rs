@@ -80,6 +80,8 @@ pub struct ImportOptions {
     pub show_progress: bool,
     /// Cancelled on Ctrl-C: stop reading, commit what was read, report.
     pub stop: CancellationToken,
+    /// Cancelled on a second Ctrl-C: stop waiting for the database to take what was read.
+    pub abandon: CancellationToken,
 }
 
 pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, ImportError> {
@@ -120,7 +122,7 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
         &cfg.pipeline,
         pool.clone(),
         cfg.timeframes(),
-        CancellationToken::new(),
+        opts.abandon.clone(),
     );
     let queue = pipeline.queue();
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();

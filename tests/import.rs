@@ -66,16 +66,9 @@ async fn imports_csv_then_identical_csv_gz() {
     );
 
     let client = db.client().await;
-    let vols: Vec<i64> = client
-        .query(
-            "SELECT volume FROM data_ingestion.market_data WHERE symbol = 'AAPL' ORDER BY timestamp",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let vols: Vec<i64> = db
+        .column("SELECT volume FROM data_ingestion.market_data WHERE symbol = 'AAPL' ORDER BY timestamp")
+        .await;
     assert_eq!(
         vols,
         [4930, 25934, 10_471_000],

@@ -11,8 +11,8 @@ use mdingest::db::migrate::migrate;
 async fn market_data_matches_the_seed_column_for_column() {
     let db = TestDb::migrated("ddl").await;
     let client = db.client().await;
-    let columns: Vec<String> = client
-        .query(
+    let columns: Vec<String> = db
+        .column(
             "SELECT column_name || ' ' || data_type
                     || coalesce('(' || character_maximum_length || ')', '')
                     || coalesce('(' || numeric_precision || ',' || numeric_scale || ')', '')
@@ -21,13 +21,8 @@ async fn market_data_matches_the_seed_column_for_column() {
              FROM information_schema.columns
              WHERE table_schema = 'data_ingestion' AND table_name = 'market_data'
              ORDER BY ordinal_position",
-            &[],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await;
     assert_eq!(
         columns,
         [
@@ -43,17 +38,12 @@ async fn market_data_matches_the_seed_column_for_column() {
             "data_source character varying(20) NOT NULL DEFAULT 'polygon'::character varying",
         ]
     );
-    let constraints: Vec<String> = client
-        .query(
+    let constraints: Vec<String> = db
+        .column(
             "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
              WHERE conrelid = 'data_ingestion.market_data'::regclass ORDER BY conname",
-            &[],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await;
     assert_eq!(
         constraints,
         [
@@ -142,14 +132,28 @@ fn binary_reports_an_unreachable_database_in_one_line_within_10s() {
         "[database]\nurl = \"postgres://postgres:hunter2@192.0.2.1:5432/x\"\n",
     )
     .unwrap();
-    for cmd in ["migrate", "status"] {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/polygon_minute_aggs.csv"
+    );
+    let commands: [&[&str]; 3] = [
+        &["migrate"],
+        &["status"],
+        &["import", "--format", "polygon-flatfile", fixture],
+    ];
+    for cmd in commands {
         let started = Instant::now();
-        let out = mdingest(&["--config", cfg.to_str().unwrap(), cmd], &[]);
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(cmd);
+        let out = mdingest(&args, &[]);
         let elapsed = started.elapsed();
         let err = stderr(&out);
         assert!(!out.status.success());
-        assert!(elapsed < Duration::from_secs(11), "{cmd} took {elapsed:?}");
-        assert_eq!(err.trim().lines().count(), 1, "{cmd}: {err}");
+        assert!(
+            elapsed < Duration::from_secs(11),
+            "{cmd:?} took {elapsed:?}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{cmd:?}: {err}");
         assert!(err.contains("cannot connect to the database"), "{err}");
         assert!(!err.contains("hunter2") && !err.contains("panick"), "{err}");
     }

@@ -338,3 +338,63 @@ async fn connections_killed_during_a_load_lose_nothing() {
     );
     eprintln!("killed {killed} sessions; {} retries", totals.retries);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_never_answers_keeps_the_batch_until_given_up() {
+    let db = TestDb::migrated("abandon").await;
+    let mut cfg = db.config_with("[pipeline]\nbatch_max_age_ms = 10\n");
+    cfg.database = mdingest::config::Config::from_toml_str(
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"\n",
+    )
+    .unwrap()
+    .database;
+    let pool = mdingest::db::pool(&cfg.database).unwrap();
+    let abandon = CancellationToken::new();
+    let p = Pipeline::start(&cfg.pipeline, pool, cfg.timeframes(), abandon.clone());
+    let mut acks = send(
+        &p.queue(),
+        vec![
+            bar("AAPL", minute(14, 30), "185", 10),
+            bar("AAPL", minute(14, 31), "185", 10),
+        ],
+    )
+    .await;
+    // Retrying, not dropping: no report arrives while the database is away.
+    let waited = tokio::time::timeout(Duration::from_millis(800), acks.recv()).await;
+    assert!(waited.is_err(), "a batch was reported without a database");
+    abandon.cancel();
+    match p.finish().await {
+        Err(mdingest::pipeline::PipelineError::Abandoned { uncommitted }) => {
+            assert_eq!(uncommitted, 2)
+        }
+        other => panic!("expected Abandoned, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_recycled_after_pool_recycle_secs() {
+    let db = TestDb::migrated("recycle").await;
+    let cfg = db.config_with("");
+    let mut short = cfg.database.clone();
+    short.pool_recycle_secs = 1;
+    let pool = mdingest::db::pool(&short).unwrap();
+    let pid = |pool: deadpool_postgres::Pool| async move {
+        let c = pool.get().await.unwrap();
+        c.query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    let first = pid(pool.clone()).await;
+    assert_eq!(
+        pid(pool.clone()).await,
+        first,
+        "a young connection is reused"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_ne!(
+        pid(pool.clone()).await,
+        first,
+        "an old connection was reused"
+    );
+}

@@ -75,7 +75,7 @@ pub struct PipelineClosed;
 pub enum PipelineError {
     #[error("{0}")]
     Fatal(String),
-    #[error("stopped before committing {uncommitted} bars")]
+    #[error("given up before committing {uncommitted} bars (nothing was acknowledged for them)")]
     Abandoned { uncommitted: u64 },
 }
 
@@ -94,8 +94,8 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Waits while the queue is full (backpressure). Cancellation-safe: a chunk is either queued
-    /// whole or not at all.
+    /// Waits while the queue is full (backpressure). Cancellation-safe for a chunk no larger
+    /// than the queue: it is queued whole or not at all (a larger one goes in queue-sized parts).
     pub async fn send(&self, mut chunk: Chunk) -> Result<(), PipelineClosed> {
         // A chunk larger than the whole queue would wait forever for room.
         while chunk.bars.len() > self.capacity {
@@ -285,6 +285,9 @@ impl Router {
             b.rejected_bars += 1;
             if let Some(ack) = &chunk.ack {
                 b.add_ack(ack);
+            }
+            if b.len() >= self.max_rows {
+                self.flush(shard).await?;
             }
         }
         for bar in chunk.bars {

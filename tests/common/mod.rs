@@ -103,6 +103,15 @@ impl TestDb {
         path
     }
 
+    /// The first column of every row `sql` returns.
+    pub async fn column<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
+        let rows = self.client().await.query(sql, &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.client()
             .await
