@@ -34,6 +34,8 @@ pub enum ImportError {
     File(#[from] FlatFileError),
     #[error("write pipeline failed: {0}")]
     Pipeline(#[from] PipelineError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 #[derive(Debug, Default)]
@@ -152,8 +154,14 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
                 summary.interrupted = true;
                 break;
             }
-            // The reader does blocking file I/O and decompression.
-            let next = tokio::task::block_in_place(|| file.next_chunk(CHUNK_ROWS));
+            // The reader does blocking file I/O and decompression: off the async threads.
+            let (back, next) = tokio::task::spawn_blocking(move || {
+                let next = file.next_chunk(CHUNK_ROWS);
+                (file, next)
+            })
+            .await
+            .map_err(|e| ImportError::Internal(format!("file reader failed: {e}")))?;
+            file = back;
             let mut chunk = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -198,42 +206,64 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
     drop(ack_tx);
     let totals = pipeline.finish().await;
     progress.finish();
-    let totals = totals?;
-    summary.counts = totals.counts;
     summary.seconds = started.elapsed().as_secs_f64();
 
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
-    let finish = |symbols: Vec<Symbol>, state: &'static str, error: Option<String>| {
-        let client = &client;
-        async move {
-            if symbols.is_empty() {
-                return Ok::<_, DbError>(());
-            }
-            db::status::finish_feeds(
-                client,
-                DataSource::Polygon,
-                Mode::Backfill,
-                &symbols,
-                state,
-                error.as_deref(),
-            )
-            .await?;
-            Ok(())
-        }
-    };
     // A symbol whose file broke off is an error even if another file loaded it.
+    let mut outcomes: Vec<(Vec<Symbol>, &'static str, Option<String>)> = Vec::new();
     for (symbols, e) in failed {
         loaded.retain(|s| !symbols.contains(s));
-        finish(symbols.into_iter().collect(), "error", Some(e)).await?;
+        outcomes.push((symbols.into_iter().collect(), "error", Some(e)));
     }
-    let (state, note) = if summary.interrupted {
+    let loaded: Vec<Symbol> = loaded.into_iter().collect();
+    let totals = match totals {
+        Ok(t) => t,
+        Err(e) => {
+            // Leave no feed `running` behind; best effort, the database may be what failed.
+            let note = Some(format!("import failed: {e}"));
+            let all = outcomes
+                .into_iter()
+                .flat_map(|o| o.0)
+                .chain(loaded)
+                .collect();
+            if let Err(mark) = finish_feeds(&pool, vec![(all, "error", note)]).await {
+                tracing::warn!(error = %mark, "cannot mark the import's feeds as failed");
+            }
+            return Err(e.into());
+        }
+    };
+    summary.counts = totals.counts;
+    let state = if summary.interrupted {
         ("idle", Some("import interrupted".to_string()))
     } else {
         ("completed", None)
     };
-    finish(loaded.into_iter().collect(), state, note).await?;
+    outcomes.push((loaded, state.0, state.1));
+    finish_feeds(&pool, outcomes).await?;
     Ok(summary)
+}
+
+/// Moves the import's feeds out of `running`: each group of symbols to its state and error.
+async fn finish_feeds(
+    pool: &deadpool_postgres::Pool,
+    outcomes: Vec<(Vec<Symbol>, &'static str, Option<String>)>,
+) -> Result<(), DbError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
+    for (symbols, state, error) in outcomes {
+        if symbols.is_empty() {
+            continue;
+        }
+        db::status::finish_feeds(
+            &client,
+            DataSource::Polygon,
+            Mode::Backfill,
+            &symbols,
+            state,
+            error.as_deref(),
+        )
+        .await?;
+    }
+    Ok(())
 }

@@ -7,14 +7,14 @@ pub mod writer;
 use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{redact_url, DatabaseConfig};
 
 /// `migrate`, `import` and `status` must fail within 10 s when the database is unreachable.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// Below 10 s, with room for process start and a second address of the host.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(8);
 /// Shown in `pg_stat_activity`, so operators (and tests) can find our sessions.
 pub const APPLICATION_NAME: &str = "mdingest";
 
@@ -32,31 +32,47 @@ pub enum DbError {
     Migrate(String),
 }
 
+/// What to do about a failed database operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Connection trouble, a restart, a failover, a cancelled statement, lack of resources:
+    /// the same work can succeed later.
+    Transient,
+    /// The data itself (SQLSTATE classes 22 and 23): retrying the same rows cannot succeed.
+    BadData,
+    /// Our SQL against this database cannot work (class 42: a missing table, no privilege;
+    /// class 0A: unsupported): an operator must act.
+    Fatal,
+}
+
 impl DbError {
-    /// Whether trying again later can succeed: connection trouble, a server restart, a
-    /// serialization failure or lack of resources, but never bad data (classes 22 and 23).
-    pub fn is_retriable(&self) -> bool {
+    pub fn fault(&self) -> Fault {
         match self {
-            DbError::Query(e) => is_retriable(e),
-            DbError::Pool(_) | DbError::Connect { .. } => true,
-            DbError::BadUrl { .. } | DbError::Migrate(_) => false,
+            DbError::Query(e) => classify(e),
+            DbError::Pool(_) | DbError::Connect { .. } => Fault::Transient,
+            DbError::BadUrl { .. } | DbError::Migrate(_) => Fault::Fatal,
         }
+    }
+
+    pub fn is_retriable(&self) -> bool {
+        self.fault() == Fault::Transient
     }
 }
 
-/// Classifies by SQLSTATE the way timescaledb-parallel-copy does. An error without a SQLSTATE
-/// is a closed socket or I/O failure: retriable.
-pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
+/// Classifies by SQLSTATE class, as timescaledb-parallel-copy does, but from the other side:
+/// everything is retried except what retrying cannot fix, because a long-lived writer must ride
+/// out whatever a server, a failover or an operator throws at it (08 connection, 57 shutdown or
+/// cancel, 40 serialization, 25006 read-only after failover, 53 resources, …). An error without a
+/// SQLSTATE is a closed socket or I/O failure: transient.
+pub fn classify(e: &tokio_postgres::Error) -> Fault {
     let Some(state) = e.code() else {
-        return true;
+        return Fault::Transient;
     };
-    let code = state.code();
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || *state == SqlState::T_R_SERIALIZATION_FAILURE
-        || *state == SqlState::T_R_DEADLOCK_DETECTED
-        || *state == SqlState::LOCK_NOT_AVAILABLE
+    match state.code().get(..2) {
+        Some("22" | "23") => Fault::BadData,
+        Some("42" | "0A") => Fault::Fatal,
+        _ => Fault::Transient,
+    }
 }
 
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
@@ -133,14 +149,6 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
         .create_timeout(Some(CONNECT_DEADLINE))
         .recycle_timeout(Some(CONNECT_DEADLINE))
         .wait_timeout(Some(Duration::from_secs(60)))
-        .post_create(Hook::async_fn(|client, _| {
-            Box::pin(async move {
-                client
-                    .batch_execute(writer::STAGING_DDL)
-                    .await
-                    .map_err(HookError::Backend)
-            })
-        }))
         .pre_recycle(Hook::sync_fn(move |_, metrics| {
             if metrics.age() > max_age {
                 Err(HookError::message("connection past pool_recycle_secs"))

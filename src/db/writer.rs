@@ -13,8 +13,9 @@ use tokio_postgres::Client;
 use super::DbError;
 use crate::pipeline::{Batch, FeedProgress, WriteCounts};
 
-/// Created once per pooled connection (see `db::pool`). `ON COMMIT DELETE ROWS` empties it at
-/// every commit; a rolled-back attempt leaves it empty too.
+/// Lives as long as the session; created (if missing) in every transaction, so a session reset
+/// (`DISCARD TEMP`, a pooler) cannot leave a writer without it. `ON COMMIT DELETE ROWS` empties
+/// it at every commit; a rolled-back attempt leaves it empty too.
 pub const STAGING_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS mdingest_stage (
     symbol text NOT NULL,
     timestamp timestamptz NOT NULL,
@@ -81,15 +82,48 @@ ON CONFLICT (data_source, symbol, mode) DO UPDATE SET
     last_success_at = now(),
     updated_at = now()";
 
+const RECORD_BATCH_SQL: &str = "INSERT INTO data_ingestion.committed_batches
+    (token, inserted, updated, unchanged) VALUES ($1, $2, $3, $4)";
+
+const FIND_BATCH_SQL: &str = "SELECT inserted, updated, unchanged
+    FROM data_ingestion.committed_batches WHERE token = $1";
+
+const PRUNE_BATCHES_SQL: &str = "DELETE FROM data_ingestion.committed_batches
+    WHERE committed_at < now() - interval '1 day'";
+
+/// How a writer calls `write_batch`.
+pub struct WriteOptions<'a> {
+    /// Unique per batch; recorded in the batch's transaction (see `committed_batches`).
+    pub token: &'a str,
+    /// Whether an earlier attempt may have committed (its COMMIT's reply was lost).
+    pub retry: bool,
+    /// Try the plain insert first (inside a savepoint), for loads of new history.
+    pub expect_new: bool,
+    /// Also delete `committed_batches` rows older than a day.
+    pub prune: bool,
+}
+
 /// Writes `batch` (already de-duplicated) and the progress of `feeds` in one transaction.
-/// `expect_new` tries the plain insert first (inside a savepoint), for loads of new history.
 pub async fn write_batch(
     client: &mut Client,
     batch: &Batch,
     feeds: &[FeedProgress],
-    expect_new: bool,
+    opts: WriteOptions<'_>,
 ) -> Result<WriteCounts, DbError> {
+    if opts.retry {
+        if let Some(row) = client.query_opt(FIND_BATCH_SQL, &[&opts.token]).await? {
+            let n = |i: usize| row.get::<_, i64>(i) as u64;
+            return Ok(WriteCounts {
+                inserted: n(0),
+                updated: n(1),
+                unchanged: n(2),
+                rejected: 0,
+            });
+        }
+    }
+    let expect_new = opts.expect_new;
     let mut tx = client.transaction().await?;
+    tx.batch_execute(STAGING_DDL).await?;
     let mut counts = WriteCounts::default();
     if !batch.entries.is_empty() {
         let sink = tx.copy_in(COPY_SQL).await?;
@@ -148,6 +182,20 @@ pub async fn write_batch(
         )
         .await?;
     }
+    let n = |v: u64| v as i64;
+    tx.execute(
+        RECORD_BATCH_SQL,
+        &[
+            &opts.token,
+            &n(counts.inserted),
+            &n(counts.updated),
+            &n(counts.unchanged),
+        ],
+    )
+    .await?;
+    if opts.prune {
+        tx.execute(PRUNE_BATCHES_SQL, &[]).await?;
+    }
     tx.commit().await?;
     Ok(counts)
 }
@@ -178,8 +226,8 @@ async fn insert_quality_rows(
             if let (Some(sym), Some(obj)) = (&x.symbol, d.as_object_mut()) {
                 obj.entry("symbol").or_insert_with(|| sym.clone().into());
             }
-            // PostgreSQL text cannot hold NUL, and a vendor can send one.
-            d.to_string().replace("\\u0000", "")
+            strip_nul(&mut d);
+            d.to_string()
         })
         .collect();
     tx.execute(
@@ -196,4 +244,37 @@ async fn insert_quality_rows(
     )
     .await?;
     Ok(())
+}
+
+/// PostgreSQL text and JSONB cannot hold NUL, and a vendor's bytes can carry one.
+fn strip_nul(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                let old = std::mem::take(map);
+                map.extend(old.into_iter().map(|(k, v)| (k.replace('\0', ""), v)));
+            }
+            map.values_mut().for_each(strip_nul);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_nul;
+
+    #[test]
+    fn nul_is_stripped_but_escaped_text_is_kept() {
+        let mut v =
+            serde_json::json!({"row": "A\u{0}B", "raw": "literal \\u0000", "k\u{0}": ["x\u{0}"]});
+        strip_nul(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"row": "AB", "raw": "literal \\u0000", "k": ["x"]})
+        );
+    }
 }

@@ -9,13 +9,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 
 use super::{Batch, BatchReport, PipelineError, Rejection, Totals, WriterContext};
-use crate::db::{self, writer, DbError};
+use crate::db::writer::{self, WriteOptions};
+use crate::db::{self, DbError, Fault};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -26,8 +29,10 @@ pub(crate) async fn write_loop(
     ctx: WriterContext,
 ) -> Result<Totals, PipelineError> {
     let mut state = WriterState {
+        shard,
         totals: Totals::default(),
         expect_new: true,
+        seq: 0,
     };
     let mut uncommitted = 0u64;
     while let Some(batch) = rx.recv().await {
@@ -60,11 +65,28 @@ pub(crate) async fn write_loop(
 }
 
 struct WriterState {
+    shard: usize,
     totals: Totals,
     /// Whether the last batch held only new rows: then the next one first tries the cheap
     /// plain insert (see `writer::write_batch`).
     expect_new: bool,
+    /// Batches attempted by this writer; part of each batch's token.
+    seq: u64,
 }
+
+/// Tells this process's batches from any other's in `committed_batches`.
+fn process_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos}", std::process::id())
+    })
+}
+
+/// `committed_batches` rows older than a day are deleted every this many batches per writer.
+const PRUNE_EVERY: u64 = 1000;
 
 enum Failure {
     Abandoned,
@@ -73,7 +95,7 @@ enum Failure {
 
 type CommitFuture<'a> = Pin<Box<dyn Future<Output = Result<BatchReport, Failure>> + Send + 'a>>;
 
-/// Boxed because it recurses on the halves of a batch the database refuses.
+/// Boxed because it recurses on the parts of a batch the database refuses.
 fn commit<'a>(
     ctx: &'a WriterContext,
     mut batch: Batch,
@@ -82,16 +104,26 @@ fn commit<'a>(
     Box::pin(async move {
         batch.dedup();
         let feeds = batch.feeds(|s| ctx.timeframes.of(s));
+        state.seq += 1;
+        let token = format!("{}-{}-{}", process_tag(), state.shard, state.seq);
         let expect_new = state.expect_new;
+        let prune = state.seq % PRUNE_EVERY == 1;
+        let attempts = AtomicU64::new(0);
         let attempt = || async {
+            let retry = attempts.fetch_add(1, Ordering::Relaxed) > 0;
             let mut client = ctx
                 .pool
                 .get()
                 .await
                 .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
-            writer::write_batch(&mut client, &batch, &feeds, expect_new).await
+            let opts = WriteOptions {
+                token: &token,
+                retry,
+                expect_new,
+                prune,
+            };
+            writer::write_batch(&mut client, &batch, &feeds, opts).await
         };
-        let mut retries = 0u64;
         let retried = attempt
             .retry(
                 ExponentialBuilder::default()
@@ -102,66 +134,96 @@ fn commit<'a>(
             )
             .when(|e: &DbError| e.is_retriable())
             .notify(|e, wait| {
-                retries += 1;
                 tracing::warn!(error = %e, retry_in = ?wait, rows = batch.entries.len(), "batch not committed; retrying");
             });
         let result = tokio::select! {
             r = retried => r,
             _ = ctx.abandon.cancelled() => return Err(Failure::Abandoned),
         };
+        state.totals.retries += attempts.load(Ordering::Relaxed).saturating_sub(1);
         match result {
             Ok(mut counts) => {
-                state.totals.retries += retries;
                 state.expect_new = counts.inserted == batch.entries.len() as u64;
                 counts.rejected = batch.rejected_bars;
                 Ok(BatchReport { counts, feeds })
             }
-            Err(e) if is_bad_data(&e) => bisect(ctx, batch, e, state).await,
+            Err(e) if e.fault() == Fault::BadData => isolate(ctx, batch, e, state).await,
             Err(e) => Err(Failure::Fatal(e.to_string())),
         }
     })
 }
 
-fn is_bad_data(e: &DbError) -> bool {
-    match e {
-        DbError::Query(pg) => pg
-            .code()
-            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
-        _ => false,
-    }
-}
-
-/// Halves the batch until the refused bar is alone, then logs it instead of writing it.
-async fn bisect(
+/// Finds what the database refused. The quality-log rows are tried apart from the bars; the
+/// bars are halved until the refused one is alone, and that one is logged instead of written.
+async fn isolate(
     ctx: &WriterContext,
-    batch: Batch,
+    mut batch: Batch,
     err: DbError,
     state: &mut WriterState,
 ) -> Result<BatchReport, Failure> {
-    if batch.entries.len() <= 1 {
-        let mut only_log = Batch::new();
-        only_log.rejections = batch.rejections;
-        only_log.rejected_bars = batch.rejected_bars;
-        if let Some(e) = batch.entries.first() {
-            only_log.rejections.push(Rejection {
-                check: "database_refused",
+    tracing::warn!(error = %err, rows = batch.entries.len(), "the database refused a batch; isolating the row");
+    if !batch.entries.is_empty() && !batch.rejections.is_empty() {
+        let mut log = Batch::new();
+        log.rejections = std::mem::take(&mut batch.rejections);
+        log.rejected_bars = std::mem::take(&mut batch.rejected_bars);
+        let mut a = commit(ctx, log, state).await?;
+        let b = commit(ctx, batch, state).await?;
+        a.counts.add(&b.counts);
+        a.feeds = b.feeds;
+        return Ok(a);
+    }
+    match batch.entries.len() {
+        0 => {
+            if batch.rejections.iter().all(|r| r.check == SANITIZED) {
+                return Err(Failure::Fatal(format!(
+                    "the database refuses even minimal quality-log rows: {err}"
+                )));
+            }
+            // Keep the fact of each rejection, in a form that cannot be refused.
+            for r in &mut batch.rejections {
+                *r = sanitized(r, &err);
+            }
+            commit(ctx, batch, state).await
+        }
+        1 => {
+            let e = &batch.entries[0];
+            let mut log = Batch::new();
+            log.rejections.push(Rejection {
                 details: json!({
                     "reason": err.to_string(),
                     "bar": super::validate::bar_details(&e.bar, "refused by the database".into()),
                 }),
                 ..Rejection::of_bar(&e.bar, "database_refused", String::new())
             });
-            only_log.rejected_bars += 1;
-        } else {
-            // The quality-log rows themselves were refused: nothing smaller to try.
-            return Err(Failure::Fatal(err.to_string()));
+            log.rejected_bars = 1;
+            log.acks = batch.acks;
+            commit(ctx, log, state).await
         }
-        return commit(ctx, only_log, state).await;
+        _ => {
+            let (first, second) = batch.split();
+            let mut a = commit(ctx, first, state).await?;
+            let b = commit(ctx, second, state).await?;
+            a.counts.add(&b.counts);
+            a.feeds.extend(b.feeds);
+            Ok(a)
+        }
     }
-    let (first, second) = batch.split();
-    let mut a = commit(ctx, first, state).await?;
-    let b = commit(ctx, second, state).await?;
-    a.counts.add(&b.counts);
-    a.feeds.extend(b.feeds);
-    Ok(a)
+}
+
+const SANITIZED: &str = "unstorable_rejection";
+
+fn sanitized(r: &Rejection, err: &DbError) -> Rejection {
+    Rejection {
+        source: r.source,
+        symbol: r.symbol.as_ref().map(|s| {
+            s.chars()
+                .filter(|c| c.is_ascii_graphic())
+                .collect::<String>()
+        }),
+        bar_timestamp: r.bar_timestamp,
+        check: SANITIZED,
+        severity: "error",
+        action: "rejected",
+        details: json!({ "original_check": r.check, "reason": err.to_string() }),
+    }
 }

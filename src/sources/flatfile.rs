@@ -52,7 +52,7 @@ pub enum FlatFileError {
         line: u64,
         reason: String,
     },
-    #[error("{path}: line {line}: the file holds {detected} aggregates but sources.polygon.timeframe is {configured}; nothing of this file was loaded")]
+    #[error("{path}: line {line}: the file holds {detected} aggregates but sources.polygon.timeframe is {configured}; no bar of this file was loaded")]
     TimeframeMismatch {
         path: String,
         line: u64,
@@ -122,8 +122,11 @@ impl FlatFile {
         } else {
             Box::new(counted)
         };
+        // Polygon never quotes; honouring quotes would let one stray `"` swallow the rest of
+        // the file into a single field (and into memory).
         let mut rdr = csv::ReaderBuilder::new()
             .flexible(true)
+            .quoting(false)
             .buffer_capacity(1 << 16)
             .from_reader(input);
         let header = match rdr.headers() {
