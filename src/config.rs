@@ -123,22 +123,85 @@ impl Serialize for SecretUrl {
     }
 }
 
-/// Replaces the password of `postgres://user:pw@host/db` (or any URL) with `REDACTED`, and the
-/// `password=` of a libpq key/value string.
+/// Replaces every password in a connection string with `REDACTED`: the `user:pw@` of a URL, a
+/// `password=`/`pass=` query parameter, and the `password=` of a libpq key/value string (quoted
+/// or not).
 pub fn redact_url(raw: &str) -> String {
     if let Ok(mut u) = url::Url::parse(raw) {
         if u.password().is_some() {
             let _ = u.set_password(Some("REDACTED"));
         }
+        if u.query().is_some() {
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if is_password_key(&k) {
+                        "REDACTED".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+        }
         return u.to_string();
     }
-    raw.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=REDACTED"),
-            _ => kv.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    redact_key_values(raw)
+}
+
+fn is_password_key(k: &str) -> bool {
+    matches!(
+        k.to_ascii_lowercase().as_str(),
+        "password" | "pass" | "passwd" | "pwd"
+    )
+}
+
+/// `host=h password='a b' user=u` → `host=h password=REDACTED user=u`. Anything that does not
+/// parse as key/value pairs is redacted whole, since it may hold a password we cannot find.
+fn redact_key_values(raw: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = raw.trim_start();
+    while !rest.is_empty() {
+        let Some(eq) = rest.find('=') else {
+            return "REDACTED".into();
+        };
+        let key = rest[..eq].trim();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return "REDACTED".into();
+        }
+        let after = rest[eq + 1..].trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('\'') {
+            // libpq: single quotes, backslash escapes.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '\'') => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(end) = end else {
+                return "REDACTED".into();
+            };
+            (&after[..end + 2], &quoted[end + 1..])
+        } else {
+            let end = after.find(char::is_whitespace).unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if is_password_key(key) {
+            out.push(format!("{key}=REDACTED"));
+        } else {
+            out.push(format!("{key}={value}"));
+        }
+        rest = tail.trim_start();
+    }
+    out.join(" ")
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -455,7 +518,8 @@ impl Config {
         fig = fig
             .merge(vendor)
             .merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
+        let mut config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
+        config.take_raw_secrets(&fig);
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
@@ -463,6 +527,33 @@ impl Config {
                 reason,
             })?;
         Ok(config)
+    }
+
+    /// figment parses environment values, so a key like `0123` or `1e5` would arrive as a
+    /// number and be re-printed altered; credentials set from the environment are re-read
+    /// verbatim.
+    fn take_raw_secrets(&mut self, fig: &Figment) {
+        let raw = |dotted: &str| {
+            let md = fig.find_metadata(dotted)?;
+            if !md.name.contains("environment") {
+                return None;
+            }
+            let var = describe_key(fig, dotted);
+            std::env::var(var).ok()
+        };
+        if let Some(p) = self.sources.polygon.as_mut() {
+            if let Some(v) = raw("sources.polygon.api_key") {
+                p.api_key = Secret(v);
+            }
+        }
+        if let Some(a) = self.sources.alpaca.as_mut() {
+            if let Some(v) = raw("sources.alpaca.key_id") {
+                a.key_id = Secret(v);
+            }
+            if let Some(v) = raw("sources.alpaca.secret_key") {
+                a.secret_key = Secret(v);
+            }
+        }
     }
 
     pub fn timeframes(&self) -> Timeframes {
@@ -490,9 +581,16 @@ impl Config {
     /// Checks that serde cannot express; returns the dotted key and the reason.
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, reason: String| Err((key.to_string(), reason));
-        let positive = |key: &str, v: u64| {
+        // Upper bounds keep a typo (an extra digit or three) from becoming an allocation or a
+        // timer that cannot be honoured.
+        let within = |key: &str, v: u64, max: u64| {
             if v == 0 {
                 bad(key, "must be greater than 0".into())
+            } else if v > max {
+                bad(
+                    key,
+                    format!("{v} is larger than the most this accepts ({max})"),
+                )
             } else {
                 Ok(())
             }
@@ -500,13 +598,15 @@ impl Config {
         if self.service.name.trim().is_empty() {
             return bad("service.name", "must not be empty".into());
         }
-        positive(
+        within(
             "service.shutdown_timeout_secs",
             self.service.shutdown_timeout_secs,
+            3_600,
         )?;
-        positive(
+        within(
             "service.gap_fill_lookback_secs",
             self.service.gap_fill_lookback_secs,
+            10 * 366 * 86_400,
         )?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", format!("{e}"));
@@ -517,26 +617,37 @@ impl Config {
                 format!("not a PostgreSQL URL ({})", redact_url(&e.to_string())),
             );
         }
-        positive("database.pool_max_size", self.database.pool_max_size as u64)?;
-        positive(
+        within(
+            "database.pool_max_size",
+            self.database.pool_max_size as u64,
+            1_000,
+        )?;
+        within(
             "database.pool_recycle_secs",
             self.database.pool_recycle_secs,
+            7 * 86_400,
         )?;
         check_url(
             "redis.url",
             self.redis.url.expose(),
             &["redis", "rediss", "unix"],
         )?;
-        positive(
+        within(
             "pipeline.batch_max_rows",
             self.pipeline.batch_max_rows as u64,
+            1_000_000,
         )?;
-        positive("pipeline.batch_max_age_ms", self.pipeline.batch_max_age_ms)?;
-        positive(
+        within(
+            "pipeline.batch_max_age_ms",
+            self.pipeline.batch_max_age_ms,
+            3_600_000,
+        )?;
+        within(
             "pipeline.queue_capacity",
             self.pipeline.queue_capacity as u64,
+            50_000_000,
         )?;
-        positive("pipeline.writers", self.pipeline.writers as u64)?;
+        within("pipeline.writers", self.pipeline.writers as u64, 64)?;
         if self.pipeline.writers > self.database.pool_max_size {
             return bad(
                 "pipeline.writers",
@@ -555,11 +666,16 @@ impl Config {
         if let Some(p) = &self.sources.polygon {
             check_url("sources.polygon.rest_url", &p.rest_url, &["http", "https"])?;
             check_url("sources.polygon.ws_url", &p.ws_url, &["ws", "wss"])?;
-            positive(
+            within(
                 "sources.polygon.requests_per_minute",
                 p.requests_per_minute.into(),
+                100_000,
             )?;
-            positive("sources.polygon.stale_after_secs", p.stale_after_secs)?;
+            within(
+                "sources.polygon.stale_after_secs",
+                p.stale_after_secs,
+                86_400,
+            )?;
             if p.enabled {
                 if !p.api_key.is_set() {
                     return bad(
@@ -579,11 +695,16 @@ impl Config {
                     format!("{:?} is not iex, sip, delayed_sip or otc", a.feed),
                 );
             }
-            positive(
+            within(
                 "sources.alpaca.requests_per_minute",
                 a.requests_per_minute.into(),
+                100_000,
             )?;
-            positive("sources.alpaca.stale_after_secs", a.stale_after_secs)?;
+            within(
+                "sources.alpaca.stale_after_secs",
+                a.stale_after_secs,
+                86_400,
+            )?;
             if a.enabled {
                 for (key, secret, var) in [
                     ("sources.alpaca.key_id", &a.key_id, "APCA_API_KEY_ID"),
@@ -605,10 +726,15 @@ impl Config {
         }
         if let Some(y) = &self.sources.yahoo {
             check_url("sources.yahoo.rest_url", &y.rest_url, &["http", "https"])?;
-            positive("sources.yahoo.poll_interval_secs", y.poll_interval_secs)?;
-            positive(
+            within(
+                "sources.yahoo.poll_interval_secs",
+                y.poll_interval_secs,
+                86_400,
+            )?;
+            within(
                 "sources.yahoo.requests_per_minute",
                 y.requests_per_minute.into(),
+                100_000,
             )?;
             if y.enabled {
                 check_symbols("sources.yahoo.symbols", &y.symbols)?;
@@ -629,10 +755,8 @@ fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), (String, Stri
                 schemes.join(", ")
             ),
         )),
-        Err(e) => Err((
-            key.to_string(),
-            format!("{:?} is not a URL ({e})", redact_url(raw)),
-        )),
+        // The value is not echoed: a malformed URL may still carry a credential.
+        Err(e) => Err((key.to_string(), format!("not a URL ({e})"))),
     }
 }
 
@@ -686,12 +810,30 @@ fn figment_error(fig: &Figment, e: figment::Error) -> ConfigError {
         other => redact_reason(&path, other.to_string()),
     };
     let dotted = path.join(".");
-    let key = if dotted.is_empty() {
-        "config".to_string()
-    } else {
-        describe_key(fig, &dotted)
-    };
-    ConfigError::Invalid { key, reason }
+    if dotted.is_empty() {
+        // A syntax error: the parser's message quotes the offending line, which may hold a
+        // secret (an unquoted key, a URL with its password). Keep only where it is and what.
+        let text = e.kind.to_string();
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let location = lines.next().unwrap_or("cannot parse").to_string();
+        let what: Vec<&str> = lines
+            .filter(|l| {
+                !l.starts_with('|') && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+            })
+            .collect();
+        let file = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            Some(figment::Source::File(p)) => p.display().to_string(),
+            _ => "the configuration".into(),
+        };
+        return ConfigError::Invalid {
+            key: file,
+            reason: format!("{location}: {}", what.join("; ")),
+        };
+    }
+    ConfigError::Invalid {
+        key: describe_key(fig, &dotted),
+        reason,
+    }
 }
 
 /// A type error echoes the offending value; never echo a credential's.
@@ -709,4 +851,36 @@ fn redact_reason(path: &[String], reason: String) -> String {
 /// Where the configuration file is read from: `--config`, else `MDINGEST_CONFIG`, else the default.
 pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
     cli.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_wherever_they_hide() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:REDACTED@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=pw&sslmode=require"),
+            "postgres://u@h/db?password=REDACTED&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1:6379/0"),
+            "redis://:REDACTED@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?pass=pw"),
+            "unix:///run/redis.sock?pass=REDACTED"
+        );
+        assert_eq!(
+            redact_url("host=h password='a b\\' c' user=u"),
+            "host=h password=REDACTED user=u"
+        );
+        assert_eq!(redact_url("host=h password=pw"), "host=h password=REDACTED");
+        assert_eq!(redact_url("host=h password='unterminated"), "REDACTED");
+        assert_eq!(redact_url("not a connection string"), "REDACTED");
+    }
 }

@@ -280,6 +280,10 @@ async fn garbage_rows_are_rejected_without_a_panic() {
         b"AAPL,NaN,inf,-inf,1e400,-0,1704206100000000000,1",
         b"AAPL,1,79228162514264337593543950336,1,1,1,1704206160000000000,1",
         b"AAPL,-5,1,1,1,1,1704206220000000000,1",
+        b"AAPL\\u0000,1,1,1,1,1,1704206280000000000,1",
+        // A stray quote must not swallow the rows after it.
+        b"AAPL,1\"00,1,1,1,1,1704206340000000000,1",
+        b"MSFT,5,1,1,1,1,1704206400000000000,1",
     ] {
         body.extend_from_slice(line);
         body.push(b'\n');
@@ -290,12 +294,26 @@ async fn garbage_rows_are_rejected_without_a_panic() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panick"), "{err}");
     let text = stdout(&out);
-    assert_eq!(summary_value(&text, "inserted"), "1");
-    assert_eq!(summary_value(&text, "rejected"), "10");
+    assert_eq!(summary_value(&text, "inserted"), "2");
+    assert_eq!(summary_value(&text, "rejected"), "12");
     let logged = db
         .count("SELECT count(DISTINCT (details->>'line')) FROM data_ingestion.data_quality_logs")
         .await;
-    assert_eq!(logged, 8, "every row rejected while parsing names its line");
+    assert_eq!(
+        logged, 10,
+        "every row rejected while parsing names its line"
+    );
+    let raw: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT details->>'row' FROM data_ingestion.data_quality_logs WHERE details->>'row' LIKE '%u0000%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(raw, "AAPL\\u0000,1,1,1,1,1,1704206280000000000,1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -398,3 +398,113 @@ async fn pooled_connections_are_recycled_after_pool_recycle_secs() {
         "an old connection was reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bar_the_database_refuses_is_isolated_and_logged() {
+    let db = TestDb::migrated("refused").await;
+    // A rule validation does not know about, so only PostgreSQL can refuse the bar.
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE data_ingestion.market_data ADD CONSTRAINT test_no_13 CHECK (volume <> 13)",
+        )
+        .await
+        .unwrap();
+    let mut inverted = bar("MSFT", minute(14, 30), "370", 10);
+    inverted.low = d("371");
+    let bars = (0..7)
+        .map(|m| {
+            bar(
+                "AAPL",
+                minute(14, 30 + m),
+                "185",
+                if m == 4 { 13 } else { 10 },
+            )
+        })
+        .chain([inverted])
+        .collect();
+    let t = write(&db, bars).await;
+    assert_eq!(t.counts.inserted, 6);
+    assert_eq!(t.counts.rejected, 2);
+    let checks: Vec<String> = db
+        .column(
+            "SELECT check_name || ' ' || symbol FROM data_ingestion.data_quality_logs ORDER BY 1",
+        )
+        .await;
+    assert_eq!(
+        checks,
+        ["database_refused AAPL", "low_above_open_close MSFT"]
+    );
+    let reason: Vec<String> = db
+        .column("SELECT details->>'reason' FROM data_ingestion.data_quality_logs WHERE check_name = 'database_refused'")
+        .await;
+    assert!(reason[0].contains("test_no_13"), "{reason:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_close_at_batch_max_rows() {
+    let db = TestDb::migrated("rows").await;
+    let p = start(
+        &db,
+        "[pipeline]\nbatch_max_rows = 3\nbatch_max_age_ms = 60000\nwriters = 1\n",
+    );
+    let bars: Vec<Bar> = (0..10)
+        .map(|m| bar("AAPL", minute(14, 30 + m), "185", 10))
+        .collect();
+    let mut acks = send(&p.queue(), bars).await;
+    // Three full batches commit long before the 60 s age limit; the tenth bar waits.
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(10), acks.recv())
+            .await
+            .expect("a full batch was not written")
+            .unwrap();
+        assert_eq!(r.counts.inserted, 3);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), acks.recv())
+            .await
+            .is_err(),
+        "a partial batch closed before its age"
+    );
+    let totals = p.finish().await.unwrap();
+    assert_eq!(totals.batches, 4);
+    assert_eq!(totals.counts.inserted, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
+    use mdingest::db::writer::{write_batch, WriteOptions};
+    use mdingest::pipeline::{Batch, Staged};
+    let db = TestDb::migrated("token").await;
+    let cfg = db.config();
+    let pool = mdingest::db::pool(&cfg.database).unwrap();
+    let mut batch = Batch::new();
+    batch.entries = (0..3)
+        .map(|m| Staged {
+            bar: bar("AAPL", minute(14, 30 + m), "185", 10),
+            mode: Mode::Stream,
+        })
+        .collect();
+    let feeds = batch.feeds(|s| cfg.timeframes().of(s));
+    let opts = |retry| WriteOptions {
+        token: "test-token-1",
+        retry,
+        expect_new: true,
+        prune: false,
+    };
+    let mut client = pool.get().await.unwrap();
+    let first = write_batch(&mut client, &batch, &feeds, opts(false))
+        .await
+        .unwrap();
+    // As if COMMIT's reply had been lost: the retry finds the token and writes nothing.
+    let again = write_batch(&mut client, &batch, &feeds, opts(true))
+        .await
+        .unwrap();
+    assert_eq!(first.inserted, 3);
+    assert_eq!(again, first);
+    assert_eq!(
+        db.count("SELECT rows_written FROM data_ingestion.ingestion_status")
+            .await,
+        3
+    );
+}

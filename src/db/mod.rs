@@ -24,7 +24,7 @@ pub enum DbError {
     BadUrl { url: String, reason: String },
     #[error("cannot connect to the database at {url}: {reason}")]
     Connect { url: String, reason: String },
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(String),

@@ -29,7 +29,6 @@ pub(crate) async fn write_loop(
     ctx: WriterContext,
 ) -> Result<Totals, PipelineError> {
     let mut state = WriterState {
-        shard,
         totals: Totals::default(),
         expect_new: true,
         seq: 0,
@@ -65,14 +64,16 @@ pub(crate) async fn write_loop(
 }
 
 struct WriterState {
-    shard: usize,
     totals: Totals,
     /// Whether the last batch held only new rows: then the next one first tries the cheap
     /// plain insert (see `writer::write_batch`).
     expect_new: bool,
-    /// Batches attempted by this writer; part of each batch's token.
+    /// Batches attempted by this writer (pruning cadence).
     seq: u64,
 }
+
+/// Numbers every batch of this process, across pipelines and writers.
+static BATCH_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Tells this process's batches from any other's in `committed_batches`.
 fn process_tag() -> &'static str {
@@ -105,7 +106,11 @@ fn commit<'a>(
         batch.dedup();
         let feeds = batch.feeds(|s| ctx.timeframes.of(s));
         state.seq += 1;
-        let token = format!("{}-{}-{}", process_tag(), state.shard, state.seq);
+        let token = format!(
+            "{}-{}",
+            process_tag(),
+            BATCH_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let expect_new = state.expect_new;
         let prune = state.seq % PRUNE_EVERY == 1;
         let attempts = AtomicU64::new(0);
