@@ -439,3 +439,62 @@ fn config_errors_name_the_key_and_env_overrides_work() {
     let out = mdingest(&["--config", "/nonexistent/mdingest.toml", "status"], &[]);
     assert!(stderr(&out).contains("/nonexistent/mdingest.toml not found"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_commits_what_was_read_and_leaves_feeds_idle() {
+    let db = TestDb::migrated("sigint").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
+    for s in 0..1000 {
+        for m in 0..600i64 {
+            let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
+            csv.push_str(&format!("S{s:03},100,10.5,10.6,10.7,10.4,{ns},5\n"));
+        }
+    }
+    let file = write(dir.path(), "big.csv", csv.as_bytes());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "import",
+            "--format",
+            "polygon-flatfile",
+        ])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while db
+        .count("SELECT count(*) FROM data_ingestion.market_data")
+        .await
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing committed in 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(130), "{text}\n{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    let read: i64 = summary_value(&text, "rows read").parse().unwrap();
+    let stored = db
+        .count("SELECT count(*) FROM data_ingestion.market_data")
+        .await;
+    assert!(read < 600_000, "the import was not interrupted");
+    assert_eq!(stored, read, "every row read was committed, nothing more");
+    let running = db
+        .count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state <> 'idle'")
+        .await;
+    assert_eq!(running, 0, "feeds left in another state than idle");
+}

@@ -13,7 +13,6 @@ const MIGRATIONS: usize = 2;
 #[tokio::test]
 async fn market_data_matches_the_seed_column_for_column() {
     let db = TestDb::migrated("ddl").await;
-    let client = db.client().await;
     let columns: Vec<String> = db
         .column(
             "SELECT column_name || ' ' || data_type
@@ -54,18 +53,58 @@ async fn market_data_matches_the_seed_column_for_column() {
             "valid_data_source CHECK (((data_source)::text = ANY ((ARRAY['polygon'::character varying, 'yahoo'::character varying, 'yahoo_adjusted'::character varying, 'alpaca'::character varying])::text[])))",
         ]
     );
-    // The seed has no primary key on market_data; neither do we.
-    for table in ["data_quality_logs", "ingestion_status"] {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'data_ingestion' AND table_name = $1",
-                &[&table],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 1, "{table} missing");
+    // SPEC's columns of the other two tables (at least these, with these types).
+    for (table, expected) in [
+        (
+            "data_quality_logs",
+            &[
+                "id bigint NOT NULL",
+                "logged_at timestamp with time zone NOT NULL",
+                "data_source character varying(20) NOT NULL",
+                "symbol character varying(20)",
+                "bar_timestamp timestamp with time zone",
+                "check_name character varying(50) NOT NULL",
+                "severity character varying(10) NOT NULL",
+                "action character varying(20) NOT NULL",
+                "details jsonb",
+            ][..],
+        ),
+        (
+            "ingestion_status",
+            &[
+                "data_source character varying(20) NOT NULL",
+                "symbol character varying(20) NOT NULL",
+                "mode character varying(10) NOT NULL",
+                "timeframe character varying(5) NOT NULL",
+                "state character varying(12) NOT NULL",
+                "last_bar_timestamp timestamp with time zone",
+                "rows_written bigint NOT NULL",
+                "last_success_at timestamp with time zone",
+                "last_error text",
+                "last_error_at timestamp with time zone",
+                "updated_at timestamp with time zone NOT NULL",
+            ][..],
+        ),
+    ] {
+        let columns: Vec<String> = db
+            .column(&format!(
+                "SELECT column_name || ' ' || data_type
+                        || coalesce('(' || character_maximum_length || ')', '')
+                        || CASE WHEN is_nullable = 'NO' THEN ' NOT NULL' ELSE '' END
+                 FROM information_schema.columns
+                 WHERE table_schema = 'data_ingestion' AND table_name = '{table}'
+                 ORDER BY ordinal_position"
+            ))
+            .await;
+        assert_eq!(columns, expected, "{table}");
     }
+    let keys: Vec<String> = db
+        .column(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'data_ingestion.ingestion_status'::regclass AND contype = 'p'",
+        )
+        .await;
+    assert_eq!(keys, ["PRIMARY KEY (data_source, symbol, mode)"]);
 }
 
 #[tokio::test]
