@@ -67,8 +67,12 @@ pub struct BatchReport {
 
 impl Batch {
     pub fn new() -> Batch {
+        Batch::with_capacity(0)
+    }
+
+    pub fn with_capacity(rows: usize) -> Batch {
         Batch {
-            entries: Vec::new(),
+            entries: Vec::with_capacity(rows),
             rejections: Vec::new(),
             rejected_bars: 0,
             acks: Vec::new(),

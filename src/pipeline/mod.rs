@@ -29,6 +29,9 @@ use crate::domain::{Bar, DataSource, Mode};
 
 pub type AckTx = mpsc::UnboundedSender<BatchReport>;
 
+/// A batch's room reserved up front; a larger `batch_max_rows` grows past it only when used.
+const INITIAL_BATCH_CAPACITY: usize = 16_384;
+
 /// One `data_quality_logs` row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
@@ -179,7 +182,9 @@ impl Pipeline {
         }
         let router = Router {
             shards,
-            open: (0..cfg.writers).map(|_| Batch::new()).collect(),
+            open: (0..cfg.writers)
+                .map(|_| Batch::with_capacity(cfg.batch_max_rows.min(INITIAL_BATCH_CAPACITY)))
+                .collect(),
             max_rows: cfg.batch_max_rows,
             max_age: Duration::from_millis(cfg.batch_max_age_ms),
             timeframes,
@@ -337,7 +342,9 @@ impl Router {
         if self.open[shard].is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.open[shard]);
+        // Sized up front: growing by doubling would hold up to twice the rows' memory.
+        let fresh = Batch::with_capacity(self.max_rows.min(INITIAL_BATCH_CAPACITY));
+        let batch = std::mem::replace(&mut self.open[shard], fresh);
         self.shards[shard]
             .send(batch)
             .await
