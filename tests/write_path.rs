@@ -104,6 +104,24 @@ async fn upsert_inserts_updates_changed_and_leaves_identical_rows_untouched() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "185.3333");
     assert_eq!(row.get::<_, i64>(1), 1200);
+
+    // New rows after an existing one: the all-new fast path fails and the merge takes over.
+    let mixed = vec![
+        bars[0].clone(),
+        bar("AAPL", minute(14, 40), "186", 10),
+        bar("AAPL", minute(14, 41), "186", 10),
+    ];
+    let t = write(&db, mixed).await;
+    assert_eq!(
+        (t.counts.inserted, t.counts.updated, t.counts.unchanged),
+        (2, 0, 1)
+    );
+    assert_eq!(xmins(&db).await[0], before[0]);
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        5
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
