@@ -427,13 +427,27 @@ fn config_errors_name_the_key_and_env_overrides_work() {
             "[database]\nurl = \"postgres://u:pw@h:notaport/db\"\n",
             "database.url (in ",
         ),
+        // Syntax errors name the file and place but never echo the line (it may hold a secret).
+        (
+            "[sources.polygon]\napi_key = pk_live_pw\n",
+            "bad.toml: TOML parse error at line 2",
+        ),
+        (
+            "[database]\nurl = \"postgres://u:pw@h/db\n",
+            "bad.toml: TOML parse error at line 2",
+        ),
+        (
+            "[pipeline]\nqueue_capacity = 9000000000000000000\n",
+            "pipeline.queue_capacity (in ",
+        ),
     ] {
         let file = write(dir.path(), "bad.toml", body.as_bytes());
         let out = mdingest(&["--config", file.to_str().unwrap(), "check-config"], &[]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{body}");
         assert!(err.contains(expect), "{body}: {err}");
-        assert!(!err.contains(":pw@"), "{err}");
+        assert!(!err.contains("pw@") && !err.contains("_pw"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 
     let out = mdingest(&["--config", "/nonexistent/mdingest.toml", "status"], &[]);
@@ -497,4 +511,51 @@ async fn ctrl_c_commits_what_was_read_and_leaves_feeds_idle() {
         .count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state <> 'idle'")
         .await;
     assert_eq!(running, 0, "feeds left in another state than idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_fails_midway_leaves_no_feed_running() {
+    let db = TestDb::migrated("midway").await;
+    // An error retrying cannot fix (class 42), raised only for one symbol's rows.
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION data_ingestion.test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.symbol = 'ZZZ' THEN
+                 RAISE EXCEPTION 'no privilege for ZZZ' USING ERRCODE = '42501';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER test_refuse BEFORE INSERT ON data_ingestion.market_data
+               FOR EACH ROW EXECUTE FUNCTION data_ingestion.test_refuse();",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(
+        dir.path(),
+        "[pipeline]\nwriters = 1\nbatch_max_rows = 100\n",
+    );
+    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
+    for sym in ["AAA", "ZZZ"] {
+        for m in 0..300i64 {
+            let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
+            csv.push_str(&format!("{sym},100,10.5,10.6,10.7,10.4,{ns},5\n"));
+        }
+    }
+    let file = write(dir.path(), "midway.csv", csv.as_bytes());
+    let out = import(&cfg, &[&file]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no privilege for ZZZ"), "{err}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data WHERE symbol = 'AAA'")
+            .await,
+        300
+    );
+    let states: Vec<String> = db
+        .column("SELECT symbol || ' ' || state FROM data_ingestion.ingestion_status ORDER BY 1")
+        .await;
+    assert_eq!(states, ["AAA error"]);
 }
