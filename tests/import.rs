@@ -74,14 +74,9 @@ async fn imports_csv_then_identical_csv_gz() {
         [4930, 25934, 10_471_000],
         "fractional volumes rounded"
     );
-    let low: String = client
-        .query_one(
-            "SELECT low::text FROM data_ingestion.market_data WHERE symbol = 'AAPL' ORDER BY timestamp LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let low: String = db
+        .value("SELECT low::text FROM data_ingestion.market_data WHERE symbol = 'AAPL' ORDER BY timestamp LIMIT 1")
+        .await;
     assert_eq!(low, "185.4501");
     let logged: Vec<(String, Option<i64>)> = client
         .query(
@@ -102,14 +97,9 @@ async fn imports_csv_then_identical_csv_gz() {
             ("high_below_open_close".to_string(), None),
         ]
     );
-    let file: String = client
-        .query_one(
-            "SELECT details->>'file' FROM data_ingestion.data_quality_logs WHERE check_name = 'not_a_number'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let file: String = db
+        .value("SELECT details->>'file' FROM data_ingestion.data_quality_logs WHERE check_name = 'not_a_number'")
+        .await;
     assert!(file.ends_with("polygon_minute_aggs.csv"));
 
     // The same rows, gzipped: nothing changes.
@@ -304,15 +294,8 @@ async fn garbage_rows_are_rejected_without_a_panic() {
         "every row rejected while parsing names its line"
     );
     let raw: String = db
-        .client()
-        .await
-        .query_one(
-            "SELECT details->>'row' FROM data_ingestion.data_quality_logs WHERE details->>'row' LIKE '%u0000%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .value("SELECT details->>'row' FROM data_ingestion.data_quality_logs WHERE details->>'row' LIKE '%u0000%'")
+        .await;
     assert_eq!(raw, "AAPL\\u0000,1,1,1,1,1,1704206280000000000,1");
 }
 

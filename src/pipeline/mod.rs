@@ -283,37 +283,50 @@ impl Router {
 
     async fn route(&mut self, chunk: Chunk) -> Result<(), PipelineClosed> {
         let now = Utc::now();
-        for r in chunk.rejections {
+        let Chunk {
+            mode,
+            bars,
+            rejections,
+            ack,
+        } = chunk;
+        for r in rejections {
             let shard = self.shard_of(r.symbol.as_deref().unwrap_or(""));
-            let b = self.batch(shard);
-            b.rejections.push(r);
-            b.rejected_bars += 1;
-            if let Some(ack) = &chunk.ack {
-                b.add_ack(ack);
-            }
-            if b.len() >= self.max_rows {
-                self.flush(shard).await?;
-            }
+            self.add(shard, ack.as_ref(), |b| {
+                b.rejections.push(r);
+                b.rejected_bars += 1;
+            })
+            .await?;
         }
-        for bar in chunk.bars {
+        for bar in bars {
             let shard = self.shard_of(bar.symbol.as_str());
             let problems = validate::check(&bar, self.timeframes.of(bar.source), now);
-            let b = self.batch(shard);
-            if problems.is_empty() {
-                b.entries.push(Staged {
-                    bar,
-                    mode: chunk.mode,
-                });
-            } else {
-                b.rejections.extend(problems);
-                b.rejected_bars += 1;
-            }
-            if let Some(ack) = &chunk.ack {
-                b.add_ack(ack);
-            }
-            if b.len() >= self.max_rows {
-                self.flush(shard).await?;
-            }
+            self.add(shard, ack.as_ref(), |b| {
+                if problems.is_empty() {
+                    b.entries.push(Staged { bar, mode });
+                } else {
+                    b.rejections.extend(problems);
+                    b.rejected_bars += 1;
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Puts something into `shard`'s open batch and closes the batch once it is full.
+    async fn add(
+        &mut self,
+        shard: usize,
+        ack: Option<&AckTx>,
+        put: impl FnOnce(&mut Batch),
+    ) -> Result<(), PipelineClosed> {
+        let b = self.batch(shard);
+        put(b);
+        if let Some(ack) = ack {
+            b.add_ack(ack);
+        }
+        if b.len() >= self.max_rows {
+            self.flush(shard).await?;
         }
         Ok(())
     }

@@ -112,13 +112,21 @@ impl TestDb {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
-    pub async fn count(&self, sql: &str) -> i64 {
+    /// The one value `sql` returns.
+    pub async fn value<T>(&self, sql: &str) -> T
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
         self.client()
             .await
             .query_one(sql, &[])
             .await
             .unwrap()
             .get(0)
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.value(sql).await
     }
 }
 
