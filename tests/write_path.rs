@@ -525,3 +525,47 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_holds_producers_back() {
+    let db = TestDb::migrated("backpressure").await;
+    let mut cfg = db.config_with(
+        "[pipeline]\nwriters = 1\nbatch_max_rows = 2\nqueue_capacity = 4\nbatch_max_age_ms = 60000\n",
+    );
+    // A database that never answers: nothing drains.
+    cfg.database = mdingest::config::Config::from_toml_str(
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"\n",
+    )
+    .unwrap()
+    .database;
+    let pool = mdingest::db::pool(&cfg.database).unwrap();
+    let abandon = CancellationToken::new();
+    let p = Pipeline::start(&cfg.pipeline, pool, cfg.timeframes(), abandon.clone());
+    let queue = p.queue();
+    let mut accepted = 0;
+    for m in 0..20 {
+        let chunk = Chunk {
+            mode: Mode::Stream,
+            bars: vec![bar("AAPL", minute(14, 30 + m), "185", 10)],
+            rejections: vec![],
+            ack: None,
+        };
+        match tokio::time::timeout(Duration::from_millis(300), queue.send(chunk)).await {
+            Ok(sent) => {
+                sent.unwrap();
+                accepted += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // The writer's batch (2), the batch waiting for it (2), the router's full batch (2) and the
+    // queue (4): then the producer waits.
+    assert_eq!(accepted, 10);
+    assert_eq!(queue.depth(), 4);
+    drop(queue);
+    abandon.cancel();
+    assert!(matches!(
+        p.finish().await,
+        Err(mdingest::pipeline::PipelineError::Abandoned { uncommitted: 10 })
+    ));
+}

@@ -264,7 +264,10 @@ impl Router {
                 None => rx.recv().await,
             };
             let Some(queued) = next else { break };
-            if self.route(queued.chunk).await.is_err() {
+            // The bars leave the queue here: free their room before routing them.
+            let Queued { chunk, _room } = queued;
+            drop(_room);
+            if self.route(chunk).await.is_err() {
                 return;
             }
         }
