@@ -147,7 +147,37 @@ pub fn redact_url(raw: &str) -> String {
         }
         return u.to_string();
     }
+    if let Some((scheme, rest)) = raw.split_once("://") {
+        return redact_unparsed_url(scheme, rest);
+    }
     redact_key_values(raw)
+}
+
+/// A URL the `url` crate cannot parse (several `host:port`s, an unencoded `/` or `#` in the
+/// password) that PostgreSQL may still accept. Errs towards hiding too much: everything before
+/// the last `@` but the user name, and password parameters of the query.
+fn redact_unparsed_url(scheme: &str, rest: &str) -> String {
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}:REDACTED@{host}")
+        }
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if is_password_key(k) => format!("{k}=REDACTED"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 fn is_password_key(k: &str) -> bool {
@@ -882,5 +912,9 @@ mod tests {
         assert_eq!(redact_url("host=h password=pw"), "host=h password=REDACTED");
         assert_eq!(redact_url("host=h password='unterminated"), "REDACTED");
         assert_eq!(redact_url("not a connection string"), "REDACTED");
+        assert_eq!(
+            redact_url("postgres://u:p/w#d@h1:5432,h2:5432/db?sslmode=require&password=x"),
+            "postgres://u:REDACTED@h1:5432,h2:5432/db?sslmode=require&password=REDACTED"
+        );
     }
 }

@@ -34,8 +34,6 @@ pub enum ImportError {
     File(#[from] FlatFileError),
     #[error("write pipeline failed: {0}")]
     Pipeline(#[from] PipelineError),
-    #[error("{0}")]
-    Internal(String),
 }
 
 #[derive(Debug, Default)]
@@ -149,19 +147,30 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
         };
         let mut symbols: HashSet<Symbol> = HashSet::new();
         let mut error = None;
+        let mut reader_lost = false;
         loop {
             if opts.stop.is_cancelled() {
                 summary.interrupted = true;
                 break;
             }
             // The reader does blocking file I/O and decompression: off the async threads.
-            let (back, next) = tokio::task::spawn_blocking(move || {
+            let read = tokio::task::spawn_blocking(move || {
                 let next = file.next_chunk(CHUNK_ROWS);
                 (file, next)
             })
-            .await
-            .map_err(|e| ImportError::Internal(format!("file reader failed: {e}")))?;
-            file = back;
+            .await;
+            let next = match read {
+                Ok((back, next)) => {
+                    file = back;
+                    next
+                }
+                Err(e) => {
+                    // The reader is gone with its file; the rows already queued still commit.
+                    error = Some(format!("{}: reader failed: {e}", path.display()));
+                    reader_lost = true;
+                    break;
+                }
+            };
             let mut chunk = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -197,8 +206,8 @@ pub async fn import(cfg: &Config, opts: ImportOptions) -> Result<ImportSummary, 
             }
             None => loaded.extend(symbols),
         }
-        tracing::debug!(file = %file.path().display(), "file read");
-        if summary.interrupted || closed {
+        tracing::debug!(file = %path.display(), "file done");
+        if summary.interrupted || closed || reader_lost {
             break;
         }
     }

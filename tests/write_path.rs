@@ -503,18 +503,17 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         })
         .collect();
     let feeds = batch.feeds(|s| cfg.timeframes().of(s));
-    let opts = |retry| WriteOptions {
+    let opts = || WriteOptions {
         token: "test-token-1",
-        retry,
         expect_new: true,
         prune: false,
     };
     let mut client = pool.get().await.unwrap();
-    let first = write_batch(&mut client, &batch, &feeds, opts(false))
+    let first = write_batch(&mut client, &batch, &feeds, opts())
         .await
         .unwrap();
     // As if COMMIT's reply had been lost: the retry finds the token and writes nothing.
-    let again = write_batch(&mut client, &batch, &feeds, opts(true))
+    let again = write_batch(&mut client, &batch, &feeds, opts())
         .await
         .unwrap();
     assert_eq!(first.inserted, 3);
@@ -523,6 +522,46 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         db.count("SELECT rows_written FROM data_ingestion.ingestion_status")
             .await,
         3
+    );
+
+    // The earlier attempt is still in flight (its COMMIT not yet through): the retry waits for
+    // it, then reports its counts instead of writing.
+    let mut other = batch;
+    for e in &mut other.entries {
+        e.bar.timestamp += chrono::Duration::hours(1);
+    }
+    let earlier = db.client().await;
+    earlier
+        .batch_execute(
+            "BEGIN; INSERT INTO data_ingestion.committed_batches VALUES ('test-token-2', 7, 0, 0)",
+        )
+        .await
+        .unwrap();
+    let retry = tokio::spawn(async move {
+        let mut client = pool.get().await.unwrap();
+        let opts = WriteOptions {
+            token: "test-token-2",
+            expect_new: true,
+            prune: false,
+        };
+        write_batch(&mut client, &other, &[], opts).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !retry.is_finished(),
+        "the retry did not wait for the attempt in flight"
+    );
+    earlier.batch_execute("COMMIT").await.unwrap();
+    let counts = tokio::time::timeout(Duration::from_secs(10), retry)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counts.inserted, 7);
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await,
+        3,
+        "the retry wrote the batch again"
     );
 }
 

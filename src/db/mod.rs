@@ -30,6 +30,8 @@ pub enum DbError {
     Pool(String),
     #[error("migration failed: {0}")]
     Migrate(String),
+    #[error("no answer from the database within {0:?}")]
+    Timeout(Duration),
 }
 
 /// What to do about a failed database operation.
@@ -49,7 +51,7 @@ impl DbError {
     pub fn fault(&self) -> Fault {
         match self {
             DbError::Query(e) => classify(e),
-            DbError::Pool(_) | DbError::Connect { .. } => Fault::Transient,
+            DbError::Pool(_) | DbError::Connect { .. } | DbError::Timeout(_) => Fault::Transient,
             DbError::BadUrl { .. } | DbError::Migrate(_) => Fault::Fatal,
         }
     }
@@ -60,17 +62,22 @@ impl DbError {
 }
 
 /// Classifies by SQLSTATE class, as timescaledb-parallel-copy does, but from the other side:
-/// everything is retried except what retrying cannot fix, because a long-lived writer must ride
-/// out whatever a server, a failover or an operator throws at it (08 connection, 57 shutdown or
-/// cancel, 40 serialization, 25006 read-only after failover, 53 resources, …). An error without a
-/// SQLSTATE is a closed socket or I/O failure: transient.
+/// what is not known to be about the rows or about our SQL is retried, because a long-lived
+/// writer must ride out whatever a server, a failover or an operator throws at it (08 connection,
+/// 57 shutdown or cancel, 40 serialization, 25006 read-only after failover, 53 resources, …). An
+/// error without a SQLSTATE is a closed socket or I/O failure: transient.
 pub fn classify(e: &tokio_postgres::Error) -> Fault {
     let Some(state) = e.code() else {
         return Fault::Transient;
     };
     match state.code().get(..2) {
-        Some("22" | "23") => Fault::BadData,
-        Some("42" | "0A") => Fault::Fatal,
+        // Data exceptions, constraints, cardinality, triggered changes, check options, program
+        // limits (a row too large), routine and trigger exceptions (an operator's trigger
+        // refusing a row): about particular rows, so the batch is split to find them.
+        Some("21" | "22" | "23" | "27" | "38" | "39" | "44" | "54" | "P0") => Fault::BadData,
+        // Our SQL against this schema (missing table, no privilege), unsupported features,
+        // internal errors and corruption: an operator must act.
+        Some("42" | "0A" | "XX") => Fault::Fatal,
         _ => Fault::Transient,
     }
 }
@@ -85,6 +92,15 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
     }
     if cfg.get_application_name().is_none() {
         cfg.application_name(APPLICATION_NAME);
+    }
+    // Notice a dead peer in about a minute, not the kernel's two hours.
+    if cfg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        cfg.keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
+    }
+    if cfg.get_tcp_user_timeout().is_none() {
+        cfg.tcp_user_timeout(Duration::from_secs(60));
     }
     Ok(cfg)
 }

@@ -84,24 +84,29 @@ ON CONFLICT (data_source, symbol, mode) DO UPDATE SET
     last_success_at = now(),
     updated_at = now()";
 
-const RECORD_BATCH_SQL: &str = "INSERT INTO data_ingestion.committed_batches
-    (token, inserted, updated, unchanged) VALUES ($1, $2, $3, $4)";
+/// The first statement of every batch's transaction. The primary key makes it wait for an
+/// earlier attempt of the same batch that is still in flight on a dead connection; if that one
+/// committed, nothing is inserted and the batch is done.
+const CLAIM_BATCH_SQL: &str = "INSERT INTO data_ingestion.committed_batches
+    (token, inserted, updated, unchanged) VALUES ($1, 0, 0, 0) ON CONFLICT (token) DO NOTHING";
+
+const SET_COUNTS_SQL: &str = "UPDATE data_ingestion.committed_batches
+    SET inserted = $2, updated = $3, unchanged = $4, committed_at = now() WHERE token = $1";
 
 const FIND_BATCH_SQL: &str = "SELECT inserted, updated, unchanged
     FROM data_ingestion.committed_batches WHERE token = $1";
 
+/// Long enough that a writer retrying through any outage still finds its token.
 const PRUNE_BATCHES_SQL: &str = "DELETE FROM data_ingestion.committed_batches
-    WHERE committed_at < now() - interval '1 day'";
+    WHERE committed_at < now() - interval '7 days'";
 
 /// How a writer calls `write_batch`.
 pub struct WriteOptions<'a> {
-    /// Unique per batch; recorded in the batch's transaction (see `committed_batches`).
+    /// Unique per batch and the same for all its attempts (see `committed_batches`).
     pub token: &'a str,
-    /// Whether an earlier attempt may have committed (its COMMIT's reply was lost).
-    pub retry: bool,
     /// Try the plain insert first (inside a savepoint), for loads of new history.
     pub expect_new: bool,
-    /// Also delete `committed_batches` rows older than a day.
+    /// Also delete `committed_batches` rows older than a week.
     pub prune: bool,
 }
 
@@ -112,19 +117,20 @@ pub async fn write_batch(
     feeds: &[FeedProgress],
     opts: WriteOptions<'_>,
 ) -> Result<WriteCounts, DbError> {
-    if opts.retry {
-        if let Some(row) = client.query_opt(FIND_BATCH_SQL, &[&opts.token]).await? {
-            let n = |i: usize| row.get::<_, i64>(i) as u64;
-            return Ok(WriteCounts {
-                inserted: n(0),
-                updated: n(1),
-                unchanged: n(2),
-                rejected: 0,
-            });
-        }
-    }
     let expect_new = opts.expect_new;
     let mut tx = client.transaction().await?;
+    if tx.execute(CLAIM_BATCH_SQL, &[&opts.token]).await? == 0 {
+        // An earlier attempt committed (its reply was lost): report what it did, write nothing.
+        tx.rollback().await?;
+        let row = client.query_one(FIND_BATCH_SQL, &[&opts.token]).await?;
+        let n = |i: usize| row.get::<_, i64>(i) as u64;
+        return Ok(WriteCounts {
+            inserted: n(0),
+            updated: n(1),
+            unchanged: n(2),
+            rejected: 0,
+        });
+    }
     let mut counts = WriteCounts::default();
     if !batch.entries.is_empty() {
         let mut written = false;
@@ -169,7 +175,7 @@ pub async fn write_batch(
     }
     let n = |v: u64| v as i64;
     tx.execute(
-        RECORD_BATCH_SQL,
+        SET_COUNTS_SQL,
         &[
             &opts.token,
             &n(counts.inserted),

@@ -146,8 +146,18 @@ impl Batch {
     }
 
     /// Splits in two halves (to isolate a bar the database refuses); the quality-log rows and
-    /// acknowledgements go with the first half.
+    /// acknowledgements go with the first half. Sorted by feed and time first, so that whatever
+    /// commits of a feed is its oldest part: its `last_bar_timestamp` never passes a bar of the
+    /// other half that may yet fail.
     pub fn split(mut self) -> (Batch, Batch) {
+        self.entries.sort_by(|a, b| {
+            (a.bar.source, &a.bar.symbol, a.mode, a.bar.timestamp).cmp(&(
+                b.bar.source,
+                &b.bar.symbol,
+                b.mode,
+                b.bar.timestamp,
+            ))
+        });
         let tail = self.entries.split_off(self.entries.len() / 2);
         let second = Batch {
             entries: tail,

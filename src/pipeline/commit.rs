@@ -1,11 +1,13 @@
 //! A writer: commits each batch of its shard, retrying database trouble until it succeeds, and
 //! only then tells the producers.
 //!
-//! Errors are handled by kind: connection loss, restarts and serialization failures are retried
-//! with capped exponential backoff, forever (a batch is never dropped); bad data (SQLSTATE classes
-//! 22 and 23, which validation should have caught) is isolated by halving the batch until the one
-//! refused bar is found and logged; anything else (a missing table, no privilege) stops the
-//! pipeline with the database's message, since retrying cannot fix it.
+//! Errors are handled by kind (`db::classify`): connection loss, restarts, failovers and
+//! serialization failures are retried with capped exponential backoff, forever (a batch is never
+//! dropped; each attempt is bounded by a timeout); bad data, which validation should have caught,
+//! is isolated by halving the batch until the one refused bar is found and logged; errors only an
+//! operator can fix (a missing table, no privilege) stop the pipeline with the database's message.
+//! Every attempt of a batch carries the same token, so an attempt whose COMMIT went through
+//! unanswered is never written or counted twice (see `db::writer`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +24,10 @@ use crate::db::{self, DbError, Fault};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// One attempt at one batch; a 10,000-row batch normally takes well under a second.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Retries of one batch after which each further one is logged as an error, not a warning.
+const LOUD_AFTER: u64 = 10;
 
 pub(crate) async fn write_loop(
     shard: usize,
@@ -115,19 +121,25 @@ fn commit<'a>(
         let prune = state.seq % PRUNE_EVERY == 1;
         let attempts = AtomicU64::new(0);
         let attempt = || async {
-            let retry = attempts.fetch_add(1, Ordering::Relaxed) > 0;
-            let mut client = ctx
-                .pool
-                .get()
-                .await
-                .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
+            attempts.fetch_add(1, Ordering::Relaxed);
             let opts = WriteOptions {
                 token: &token,
-                retry,
                 expect_new,
                 prune,
             };
-            writer::write_batch(&mut client, &batch, &feeds, opts).await
+            let write = async {
+                let mut client = ctx
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
+                writer::write_batch(&mut client, &batch, &feeds, opts).await
+            };
+            // A silent network (a partition, a failover without a reset) would otherwise hold
+            // the attempt for as long as TCP keepalive takes to notice.
+            tokio::time::timeout(ATTEMPT_TIMEOUT, write)
+                .await
+                .unwrap_or(Err(DbError::Timeout(ATTEMPT_TIMEOUT)))
         };
         let retried = attempt
             .retry(
@@ -139,7 +151,13 @@ fn commit<'a>(
             )
             .when(|e: &DbError| e.is_retriable())
             .notify(|e, wait| {
-                tracing::warn!(error = %e, retry_in = ?wait, rows = batch.entries.len(), "batch not committed; retrying");
+                let rows = batch.entries.len();
+                let tried = attempts.load(Ordering::Relaxed);
+                if tried >= LOUD_AFTER {
+                    tracing::error!(error = %e, retry_in = ?wait, rows, tried, "batch still not committed; retrying");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?wait, rows, "batch not committed; retrying");
+                }
             });
         let result = tokio::select! {
             r = retried => r,
@@ -225,10 +243,15 @@ fn sanitized(r: &Rejection, err: &DbError) -> Rejection {
                 .filter(|c| c.is_ascii_graphic())
                 .collect::<String>()
         }),
-        bar_timestamp: r.bar_timestamp,
+        // The timestamp itself may be what was refused (out of PostgreSQL's range).
+        bar_timestamp: None,
         check: SANITIZED,
         severity: "error",
         action: "rejected",
-        details: json!({ "original_check": r.check, "reason": err.to_string() }),
+        details: json!({
+            "original_check": r.check,
+            "bar_timestamp": r.bar_timestamp.map(|t| t.to_rfc3339()),
+            "reason": err.to_string(),
+        }),
     }
 }
