@@ -111,11 +111,7 @@ async fn imports_csv_then_identical_csv_gz() {
     assert_eq!(summary_value(&text, "inserted"), "0");
     assert_eq!(summary_value(&text, "updated"), "0");
     assert_eq!(summary_value(&text, "unchanged"), "5");
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        5
-    );
+    assert_eq!(db.stored().await, 5);
 
     // Progress is recorded under mode 'backfill', completed.
     let out = mdingest(&["--config", cfg.to_str().unwrap(), "status"], &[]);
@@ -156,11 +152,7 @@ async fn day_files_load_when_the_timeframe_is_1d_and_are_refused_when_1m() {
         err.contains("day aggregates but sources.polygon.timeframe is 1m"),
         "{err}"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        0
-    );
+    assert_eq!(db.stored().await, 0);
 
     let day_dir = tempfile::tempdir().unwrap();
     let day_cfg = db.config_file(
@@ -211,11 +203,7 @@ async fn unreadable_files_are_named_and_load_nothing() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(!err.contains("panick"), "{err}");
     }
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        0
-    );
+    assert_eq!(db.stored().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,11 +117,7 @@ async fn upsert_inserts_updates_changed_and_leaves_identical_rows_untouched() {
         (2, 0, 1)
     );
     assert_eq!(xmins(&db).await[0], before[0]);
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        5
-    );
+    assert_eq!(db.stored().await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,11 +164,7 @@ async fn one_bad_bar_is_logged_and_the_good_ones_commit() {
     .await;
     assert_eq!(t.counts.inserted, 3);
     assert_eq!(t.counts.rejected, 3);
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        3
-    );
+    assert_eq!(db.stored().await, 3);
     let client = db.client().await;
     let logged: Vec<(String, String, String, String)> = client
         .query(
@@ -250,26 +242,21 @@ async fn producer_is_told_only_after_commit() {
     // The report arrives after commit: another session already sees the row.
     assert_eq!(report.counts.inserted, 1);
     assert_eq!(report.feeds[0].last_bar, minute(14, 30));
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        1
-    );
+    assert_eq!(db.stored().await, 1);
     p.finish().await.unwrap();
 }
 
-async fn terminate_writers(db: &TestDb) -> i64 {
-    let admin = connect(&admin_url()).await;
-    let n: i64 = admin
+/// Terminates every mdingest session of database `name`, as a server restart would.
+async fn terminate_writers(admin: &tokio_postgres::Client, name: &str) -> i64 {
+    admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
              WHERE datname = $1 AND application_name = 'mdingest'",
-            &[&db.name],
+            &[&name],
         )
         .await
         .unwrap()
-        .get(0);
-    n
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +267,7 @@ async fn database_restart_between_batches_loses_nothing() {
     let mut acks = send(&queue, vec![bar("AAPL", minute(14, 30), "185", 10)]).await;
     acks.recv().await.expect("first batch committed");
     assert!(
-        terminate_writers(&db).await >= 1,
+        terminate_writers(&connect(&admin_url()).await, &db.name).await >= 1,
         "no writer session to terminate"
     );
     let mut acks = send(&queue, vec![bar("AAPL", minute(14, 31), "185", 10)]).await;
@@ -291,11 +278,7 @@ async fn database_restart_between_batches_loses_nothing() {
     assert_eq!(report.counts.inserted, 1);
     drop(queue);
     p.finish().await.unwrap();
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        2
-    );
+    assert_eq!(db.stored().await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,16 +298,7 @@ async fn connections_killed_during_a_load_lose_nothing() {
             let mut killed = 0i64;
             // Enough kills to hit COPYs, merges and commits; bounded so backoff stays short.
             while !stop.is_cancelled() && killed < 8 {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                         WHERE datname = $1 AND application_name = 'mdingest'",
-                        &[&name],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                killed += n;
+                killed += terminate_writers(&admin, &name).await;
                 tokio::time::sleep(Duration::from_millis(60)).await;
             }
             killed
@@ -342,11 +316,7 @@ async fn connections_killed_during_a_load_lose_nothing() {
     let totals = p.finish().await.unwrap();
     stop.cancel();
     let killed = killer.await.unwrap();
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        2400
-    );
+    assert_eq!(db.stored().await, 2400);
     // A commit whose reply was lost is retried and then finds its rows unchanged.
     assert_eq!(totals.counts.written(), 2400);
     assert!(
@@ -557,12 +527,7 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         .unwrap()
         .unwrap();
     assert_eq!(counts.inserted, 7);
-    assert_eq!(
-        db.count("SELECT count(*) FROM data_ingestion.market_data")
-            .await,
-        3,
-        "the retry wrote the batch again"
-    );
+    assert_eq!(db.stored().await, 3, "the retry wrote the batch again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,6 +128,12 @@ impl TestDb {
     pub async fn count(&self, sql: &str) -> i64 {
         self.value(sql).await
     }
+
+    /// Rows in `market_data`.
+    pub async fn stored(&self) -> i64 {
+        self.count("SELECT count(*) FROM data_ingestion.market_data")
+            .await
+    }
 }
 
 impl Drop for TestDb {
