@@ -23,6 +23,18 @@ fn start(db: &TestDb, extra: &str) -> Pipeline {
     )
 }
 
+/// A pipeline whose database never answers (nothing listens on port 1), and its give-up token.
+fn start_without_database(pipeline_toml: &str) -> (Pipeline, CancellationToken) {
+    let cfg = mdingest::config::Config::from_toml_str(&format!(
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"\n{pipeline_toml}"
+    ))
+    .unwrap();
+    let pool = mdingest::db::pool(&cfg.database).unwrap();
+    let abandon = CancellationToken::new();
+    let p = Pipeline::start(&cfg.pipeline, pool, cfg.timeframes(), abandon.clone());
+    (p, abandon)
+}
+
 async fn send(queue: &Queue, bars: Vec<Bar>) -> mpsc::UnboundedReceiver<BatchReport> {
     let (tx, rx) = mpsc::unbounded_channel();
     queue
@@ -328,16 +340,7 @@ async fn connections_killed_during_a_load_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_never_answers_keeps_the_batch_until_given_up() {
-    let db = TestDb::migrated("abandon").await;
-    let mut cfg = db.config_with("[pipeline]\nbatch_max_age_ms = 10\n");
-    cfg.database = mdingest::config::Config::from_toml_str(
-        "[database]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"\n",
-    )
-    .unwrap()
-    .database;
-    let pool = mdingest::db::pool(&cfg.database).unwrap();
-    let abandon = CancellationToken::new();
-    let p = Pipeline::start(&cfg.pipeline, pool, cfg.timeframes(), abandon.clone());
+    let (p, abandon) = start_without_database("[pipeline]\nbatch_max_age_ms = 10\n");
     let mut acks = send(
         &p.queue(),
         vec![
@@ -532,19 +535,10 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_holds_producers_back() {
-    let db = TestDb::migrated("backpressure").await;
-    let mut cfg = db.config_with(
+    // A database that never answers: nothing drains.
+    let (p, abandon) = start_without_database(
         "[pipeline]\nwriters = 1\nbatch_max_rows = 2\nqueue_capacity = 4\nbatch_max_age_ms = 60000\n",
     );
-    // A database that never answers: nothing drains.
-    cfg.database = mdingest::config::Config::from_toml_str(
-        "[database]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"\n",
-    )
-    .unwrap()
-    .database;
-    let pool = mdingest::db::pool(&cfg.database).unwrap();
-    let abandon = CancellationToken::new();
-    let p = Pipeline::start(&cfg.pipeline, pool, cfg.timeframes(), abandon.clone());
     let queue = p.queue();
     let mut accepted = 0;
     for m in 0..20 {
