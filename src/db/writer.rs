@@ -84,7 +84,9 @@ ON CONFLICT (data_source, symbol, mode) DO UPDATE SET
     last_success_at = now(),
     updated_at = now()";
 
-/// The first statement of every batch's transaction. The primary key makes it wait for an
+const IDLE_LIMIT_SQL: &str = "SET LOCAL idle_in_transaction_session_timeout = '60s'";
+
+/// The first write of every batch's transaction. The primary key makes it wait for an
 /// earlier attempt of the same batch that is still in flight on a dead connection; if that one
 /// committed, nothing is inserted and the batch is done.
 const CLAIM_BATCH_SQL: &str = "INSERT INTO data_ingestion.committed_batches
@@ -119,6 +121,10 @@ pub async fn write_batch(
 ) -> Result<WriteCounts, DbError> {
     let expect_new = opts.expect_new;
     let mut tx = client.transaction().await?;
+    // If this connection dies mid-batch, the server ends the orphaned transaction within a
+    // minute (instead of when its TCP keepalive notices, up to hours), so the retry's claim on
+    // the same token is not left waiting on it.
+    tx.batch_execute(IDLE_LIMIT_SQL).await?;
     if tx.execute(CLAIM_BATCH_SQL, &[&opts.token]).await? == 0 {
         // An earlier attempt committed (its reply was lost): report what it did, write nothing.
         tx.rollback().await?;
