@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -76,7 +76,6 @@ impl<R: Read> Read for Counting<R> {
 }
 
 pub struct FlatFile {
-    path: PathBuf,
     shown: String,
     rdr: csv::Reader<Box<dyn Read + Send>>,
     /// Index of each of `COLUMNS` in this file's header.
@@ -154,7 +153,6 @@ impl FlatFile {
                 })?;
         }
         Ok(FlatFile {
-            path: path.to_path_buf(),
             shown,
             rdr,
             cols,
@@ -165,10 +163,6 @@ impl FlatFile {
             done: false,
             last_symbol: Default::default(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The next chunk of at most `max` rows, `None` at the end of the file.
