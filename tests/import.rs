@@ -168,6 +168,18 @@ async fn day_files_load_when_the_timeframe_is_1d_and_are_refused_when_1m() {
     );
 }
 
+/// A minute-aggregates flat file: `minutes` consecutive bars from 2024-01-02 09:00Z for each symbol.
+fn minute_csv<S: std::fmt::Display>(symbols: impl IntoIterator<Item = S>, minutes: i64) -> String {
+    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
+    for sym in symbols {
+        for m in 0..minutes {
+            let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
+            csv.push_str(&format!("{sym},100,10.5,10.6,10.7,10.4,{ns},5\n"));
+        }
+    }
+    csv
+}
+
 fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
@@ -211,11 +223,8 @@ async fn truncated_gzip_loads_the_rows_before_the_cut_and_names_the_line() {
     let db = TestDb::migrated("truncated").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = db.config_file(dir.path(), "");
-    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
-    for m in 0..20_000i64 {
-        let ns = (1_704_205_800 + 60 * (m % 390)) * 1_000_000_000;
-        csv.push_str(&format!("T{},100,10.5,10.6,10.7,10.4,{ns},5\n", m / 390));
-    }
+    // 20,000 rows.
+    let csv = minute_csv((0..50).map(|n| format!("T{n}")), 400);
     let full = write(dir.path(), "full.csv", csv.as_bytes());
     let gz = dir.path().join("full.csv.gz");
     gzip(&full, &gz);
@@ -430,13 +439,7 @@ async fn ctrl_c_commits_what_was_read_and_leaves_feeds_idle() {
     let db = TestDb::migrated("sigint").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = db.config_file(dir.path(), "");
-    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
-    for s in 0..1000 {
-        for m in 0..600i64 {
-            let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
-            csv.push_str(&format!("S{s:03},100,10.5,10.6,10.7,10.4,{ns},5\n"));
-        }
-    }
+    let csv = minute_csv((0..1000).map(|s| format!("S{s:03}")), 600);
     let file = write(dir.path(), "big.csv", csv.as_bytes());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"))
         .args([
@@ -508,13 +511,7 @@ async fn an_import_that_fails_midway_leaves_no_feed_running() {
         dir.path(),
         "[pipeline]\nwriters = 1\nbatch_max_rows = 100\n",
     );
-    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
-    for sym in ["AAA", "ZZZ"] {
-        for m in 0..300i64 {
-            let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
-            csv.push_str(&format!("{sym},100,10.5,10.6,10.7,10.4,{ns},5\n"));
-        }
-    }
+    let csv = minute_csv(["AAA", "ZZZ"], 300);
     let file = write(dir.path(), "midway.csv", csv.as_bytes());
     let out = import(&cfg, &[&file]);
     let err = stderr(&out);
