@@ -4,13 +4,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, LogFormat};
 use crate::db;
-use crate::import::{self, ImportOptions};
+use crate::import;
+use crate::shutdown::Shutdown;
+use crate::sources::driver::Summary;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,10 +65,29 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mdingest: error: {e:#}");
+            error_line(&crate::text::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the command's output. A reader that went away (`| head -1`) is not an error: the
+/// output is simply no longer wanted, as for any Unix tool.
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush());
+}
+
+/// `mdingest: error: …` on stderr, one line; a closed stderr is ignored.
+pub fn error_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "mdingest: error: {text}");
+}
+
+/// `mdingest: warning: …` on stderr, one line; a closed stderr is ignored.
+pub fn warn_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "mdingest: warning: {text}");
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -82,74 +104,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig => {
-            print!("{}", cfg.to_redacted_toml());
+            out(&cfg.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
             let report = db::migrate::migrate(cfg.database.url.expose()).await?;
             if report.created_database {
-                println!("created database");
+                out("created database\n");
             }
             if report.applied.is_empty() {
-                println!("schema data_ingestion is up to date");
+                out("schema data_ingestion is up to date\n");
             }
             for m in &report.applied {
-                println!("applied {m}");
+                out(&format!("applied {m}\n"));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
             let pg = db::parse_url(cfg.database.url.expose())?;
             let client = db::connect(&pg, &cfg.database.url.redacted()).await?;
+            db::migrate::check_current(&client).await?;
             let rows = db::status::read_all(&client)
                 .await
-                .context("cannot read data_ingestion.ingestion_status (run `mdingest migrate`?)")?;
-            print!("{}", db::status::render_table(&rows));
+                .context("cannot read data_ingestion.ingestion_status")?;
+            out(&db::status::render_table(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Import {
             format: ImportFormat::PolygonFlatfile,
             paths,
         } => {
-            let stop = CancellationToken::new();
-            let abandon = CancellationToken::new();
-            let (on_stop, on_abandon) = (stop.clone(), abandon.clone());
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!(
-                        "interrupted: committing what was read (Ctrl-C again to give up)"
-                    );
-                    on_stop.cancel();
-                }
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!("giving up on rows not yet committed");
-                    on_abandon.cancel();
-                }
-            });
-            let summary = import::import(
-                &cfg,
-                ImportOptions {
-                    paths,
-                    show_progress: true,
-                    stop,
-                    abandon,
-                },
-            )
-            .await?;
-            print!("{summary}");
-            if summary.interrupted {
-                eprintln!("mdingest: error: import interrupted; rows read so far are committed");
-                return Ok(ExitCode::from(130));
-            }
-            if !summary.failed.is_empty() {
-                for f in &summary.failed {
-                    eprintln!("mdingest: error: {f}");
-                }
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
+            let shutdown = Shutdown::new();
+            shutdown
+                .listen_for_signals()
+                .context("cannot listen for signals")?;
+            let summary = import::import(&cfg, paths, &shutdown, true).await?;
+            Ok(finish(&summary))
         }
     }
+}
+
+/// Prints the summary and the lines that explain a non-zero exit; returns the exit code.
+fn finish(summary: &Summary) -> ExitCode {
+    out(&summary.to_string());
+    for f in &summary.failed {
+        error_line(f);
+    }
+    match (summary.not_committed, summary.interrupted) {
+        (Some(n), _) => error_line(&format!(
+            "{}: gave up: {n} bars read were not committed",
+            summary.what
+        )),
+        (None, Some(s)) => error_line(&format!(
+            "{} interrupted by {}; everything read is committed",
+            summary.what,
+            s.name()
+        )),
+        (None, None) => {}
+    }
+    ExitCode::from(summary.exit_code())
 }
 
 /// `RUST_LOG` wins over `log.level`; logs go to stderr so stdout stays the command's output.

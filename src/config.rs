@@ -19,8 +19,12 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/mdingest.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {0} not found (set --config or MDINGEST_CONFIG)")]
+    #[error("config file {} not found (set --config or MDINGEST_CONFIG)", crate::text::path(.0))]
     FileMissing(PathBuf),
+    #[error("config path {} is a directory, not a file", crate::text::path(.0))]
+    NotAFile(PathBuf),
+    #[error("cannot read config file {}: {reason}", crate::text::path(.path))]
+    Unreadable { path: PathBuf, reason: String },
     #[error("config: {key}: {reason}")]
     Invalid { key: String, reason: String },
 }
@@ -514,8 +518,19 @@ impl Default for Timeframes {
 impl Config {
     /// Loads `path` (which must exist), layers the environment over it and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        if !path.is_file() {
-            return Err(ConfigError::FileMissing(path.to_path_buf()));
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::FileMissing(path.to_path_buf()))
+            }
+            Ok(m) if m.is_dir() => return Err(ConfigError::NotAFile(path.to_path_buf())),
+            _ => {}
+        }
+        // figment reports an unreadable file with an empty reason; say what the OS said.
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
         }
         Self::from_figment(Figment::from(Toml::file(path)))
     }

@@ -21,18 +21,39 @@ pub const SYMBOL_MAX_LEN: usize = 20;
 pub enum DomainError {
     #[error("empty symbol")]
     EmptySymbol,
-    #[error("symbol {0:?} is longer than {SYMBOL_MAX_LEN} characters")]
+    #[error("symbol \"{0}\" is longer than {SYMBOL_MAX_LEN} characters")]
     SymbolTooLong(String),
-    #[error("symbol {0:?} is not a ticker (letters, digits and . - / ^ = : only, starting with an upper-case letter, a digit or ^)")]
+    #[error("symbol \"{0}\" is not a ticker (letters, digits and . - / ^ = : only, starting with an upper-case letter, a digit or ^)")]
     SymbolNotTicker(String),
     #[error("unknown data source {0:?} (expected polygon, yahoo, yahoo_adjusted or alpaca)")]
     UnknownSource(String),
     #[error("unknown timeframe {0:?} (expected 1m, 5m, 15m, 1h or 1d)")]
     UnknownTimeframe(String),
-    #[error("{field} {value:?} is not a number")]
+    #[error("{field} \"{value}\" is not a number")]
     NotANumber { field: &'static str, value: String },
     #[error("volume {0} does not fit a BIGINT")]
     VolumeOutOfRange(Decimal),
+    /// A well-formed number too large for any column (`1e30`, 30 digits).
+    #[error("{field} {value} is out of range")]
+    OutOfRange { field: &'static str, value: String },
+}
+
+impl DomainError {
+    /// The `data_quality_logs.check_name` of a value that could not become part of a bar.
+    pub fn check_name(&self) -> &'static str {
+        match self {
+            DomainError::EmptySymbol
+            | DomainError::SymbolTooLong(_)
+            | DomainError::SymbolNotTicker(_) => "invalid_symbol",
+            DomainError::NotANumber { value, .. } if value.is_empty() => "missing_value",
+            DomainError::VolumeOutOfRange(_) | DomainError::OutOfRange { .. } => {
+                "value_out_of_range"
+            }
+            DomainError::NotANumber { .. }
+            | DomainError::UnknownSource(_)
+            | DomainError::UnknownTimeframe(_) => "not_a_number",
+        }
+    }
 }
 
 /// A ticker as stored in `market_data.symbol`: 1..=20 characters of letters, digits and the
@@ -62,7 +83,7 @@ impl FromStr for Symbol {
             return Err(DomainError::EmptySymbol);
         }
         if s.chars().count() > SYMBOL_MAX_LEN {
-            return Err(DomainError::SymbolTooLong(s.to_string()));
+            return Err(DomainError::SymbolTooLong(crate::text::excerpt(s, 40)));
         }
         let ticker_char =
             |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '/' | '^' | '=' | ':');
@@ -71,7 +92,7 @@ impl FromStr for Symbol {
             .next()
             .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '^');
         if !starts_well || !s.chars().all(ticker_char) {
-            return Err(DomainError::SymbolNotTicker(s.to_string()));
+            return Err(DomainError::SymbolNotTicker(crate::text::excerpt(s, 40)));
         }
         Ok(Symbol(Arc::from(s)))
     }
@@ -154,6 +175,26 @@ impl Mode {
             Mode::Stream => "stream",
             Mode::Poll => "poll",
             Mode::Backfill => "backfill",
+        }
+    }
+}
+
+/// `ingestion_status.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeedState {
+    Running,
+    Idle,
+    Completed,
+    Error,
+}
+
+impl FeedState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedState::Running => "running",
+            FeedState::Idle => "idle",
+            FeedState::Completed => "completed",
+            FeedState::Error => "error",
         }
     }
 }
@@ -307,10 +348,38 @@ pub fn parse_decimal(field: &'static str, s: &str) -> Result<Decimal, DomainErro
     } else {
         Decimal::from_str(s)
     };
-    parsed.map_err(|_| DomainError::NotANumber {
-        field,
-        value: s.to_string(),
+    parsed.map_err(|_| {
+        if looks_numeric(s) {
+            DomainError::OutOfRange {
+                field,
+                value: crate::text::excerpt(s, 40),
+            }
+        } else {
+            DomainError::NotANumber {
+                field,
+                value: crate::text::excerpt(s, 40),
+            }
+        }
     })
+}
+
+/// Decimal's syntax (sign, digits, one point, an exponent): a string of this shape that does not
+/// parse is too large, not malformed.
+fn looks_numeric(s: &str) -> bool {
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let unsigned = |t: &str| t.strip_prefix(['+', '-']).unwrap_or(t).to_string();
+    let m = unsigned(mantissa);
+    let digits = m.chars().filter(char::is_ascii_digit).count();
+    let points = m.chars().filter(|c| *c == '.').count();
+    let mantissa_ok = digits > 0 && points <= 1 && digits + points == m.len();
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = unsigned(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    });
+    mantissa_ok && exponent_ok
 }
 
 #[cfg(test)]
@@ -372,7 +441,22 @@ mod tests {
             parse_decimal("volume", "1.0471e+07").unwrap(),
             d("10471000")
         );
-        assert!(parse_decimal("open", "abc").is_err());
+        assert!(matches!(
+            parse_decimal("open", "abc"),
+            Err(DomainError::NotANumber { .. })
+        ));
+        for big in ["1e30", "100000000000000000000000000000", "-1E+40"] {
+            let e = parse_decimal("volume", big).unwrap_err();
+            assert_eq!(e.check_name(), "value_out_of_range", "{big}");
+        }
+        assert_eq!(
+            parse_decimal("open", "").unwrap_err().check_name(),
+            "missing_value"
+        );
+        assert_eq!(
+            parse_decimal("open", "1.2.3").unwrap_err().check_name(),
+            "not_a_number"
+        );
         let huge = parse_decimal("volume", "1e20").unwrap();
         let r = Bar::new(
             "AAPL".parse().unwrap(),

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 
@@ -25,27 +25,6 @@ fn gzip(src: &Path, dst: &Path) {
     );
     gz.write_all(&raw).unwrap();
     gz.finish().unwrap();
-}
-
-fn import(cfg: &Path, files: &[&Path]) -> std::process::Output {
-    let mut args = vec![
-        "--config",
-        cfg.to_str().unwrap(),
-        "import",
-        "--format",
-        "polygon-flatfile",
-    ];
-    args.extend(files.iter().map(|f| f.to_str().unwrap()));
-    mdingest(&args, &[])
-}
-
-/// The value printed on the summary line `name`.
-fn summary_value(out: &str, name: &str) -> String {
-    out.lines()
-        .find(|l| l.trim_start().starts_with(name))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_else(|| panic!("no {name:?} in summary:\n{out}"))
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,24 +145,6 @@ async fn day_files_load_when_the_timeframe_is_1d_and_are_refused_when_1m() {
             .await,
         2
     );
-}
-
-/// A minute-aggregates flat file: `minutes` consecutive bars from 2024-01-02 09:00Z for each symbol.
-fn minute_csv<S: std::fmt::Display>(symbols: impl IntoIterator<Item = S>, minutes: i64) -> String {
-    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
-    for sym in symbols {
-        for m in 0..minutes {
-            let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
-            csv.push_str(&format!("{sym},100,10.5,10.6,10.7,10.4,{ns},5\n"));
-        }
-    }
-    csv
-}
-
-fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,57 +395,40 @@ fn config_errors_name_the_key_and_env_overrides_work() {
     assert!(stderr(&out).contains("/nonexistent/mdingest.toml not found"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_commits_what_was_read_and_leaves_feeds_idle() {
-    let db = TestDb::migrated("sigint").await;
+/// A signal during a load: reading stops, what was read commits, the summary says so, no feed is
+/// left `running`, and the exit code is 128 + the signal.
+async fn a_signal_commits_what_was_read_and_leaves_feeds_idle(sig: i32, code: i32, tag: &str) {
+    let db = TestDb::migrated(tag).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = db.config_file(dir.path(), "");
     let csv = minute_csv((0..1000).map(|s| format!("S{s:03}")), 600);
     let file = write(dir.path(), "big.csv", csv.as_bytes());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "import",
-            "--format",
-            "polygon-flatfile",
-        ])
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while db
-        .count("SELECT count(*) FROM data_ingestion.market_data")
-        .await
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing committed in 60 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(130), "{text}\n{}", stderr(&out));
-    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
-    let read: i64 = summary_value(&text, "rows read").parse().unwrap();
-    let stored = db
-        .count("SELECT count(*) FROM data_ingestion.market_data")
-        .await;
+    let child = spawn_mdingest(&import_args(&cfg, &[&file]));
+    wait_for_rows(&db, "SELECT count(*) FROM data_ingestion.market_data").await;
+    signal(&child, sig);
+    let out = wait_measured(child);
+    assert_eq!(out.code, Some(code), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("interrupted"), "{}", out.stderr);
+    let read: i64 = summary_value(&out.stdout, "rows read").parse().unwrap();
+    let inserted: i64 = summary_value(&out.stdout, "inserted").parse().unwrap();
+    let stored = db.stored().await;
     assert!(read < 600_000, "the import was not interrupted");
     assert_eq!(stored, read, "every row read was committed, nothing more");
+    assert_eq!(inserted, stored, "the summary counts what is in the table");
     let running = db
         .count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state <> 'idle'")
         .await;
     assert_eq!(running, 0, "feeds left in another state than idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_commits_what_was_read_and_leaves_feeds_idle() {
+    a_signal_commits_what_was_read_and_leaves_feeds_idle(libc::SIGINT, 130, "sigint").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_handled_like_the_first_ctrl_c() {
+    a_signal_commits_what_was_read_and_leaves_feeds_idle(libc::SIGTERM, 143, "sigterm").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,10 +39,8 @@ async fn send(queue: &Queue, bars: Vec<Bar>) -> mpsc::UnboundedReceiver<BatchRep
     let (tx, rx) = mpsc::unbounded_channel();
     queue
         .send(Chunk {
-            mode: Mode::Stream,
-            bars,
-            rejections: vec![],
             ack: Some(tx),
+            ..Chunk::new(Mode::Stream, bars, vec![])
         })
         .await
         .unwrap();
@@ -482,11 +480,11 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         prune: false,
     };
     let mut client = pool.get().await.unwrap();
-    let first = write_batch(&mut client, &batch, &feeds, opts())
+    let first = write_batch(&mut client, &batch.entries, &[], &feeds, opts())
         .await
         .unwrap();
     // As if COMMIT's reply had been lost: the retry finds the token and writes nothing.
-    let again = write_batch(&mut client, &batch, &feeds, opts())
+    let again = write_batch(&mut client, &batch.entries, &[], &feeds, opts())
         .await
         .unwrap();
     assert_eq!(first.inserted, 3);
@@ -517,7 +515,7 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
             expect_new: true,
             prune: false,
         };
-        write_batch(&mut client, &other, &[], opts).await.unwrap()
+        write_batch(&mut client, &other.entries, &[], &[], opts).await.unwrap()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -542,12 +540,11 @@ async fn a_full_queue_holds_producers_back() {
     let queue = p.queue();
     let mut accepted = 0;
     for m in 0..20 {
-        let chunk = Chunk {
-            mode: Mode::Stream,
-            bars: vec![bar("AAPL", minute(14, 30 + m), "185", 10)],
-            rejections: vec![],
-            ack: None,
-        };
+        let chunk = Chunk::new(
+            Mode::Stream,
+            vec![bar("AAPL", minute(14, 30 + m), "185", 10)],
+            vec![],
+        );
         match tokio::time::timeout(Duration::from_millis(300), queue.send(chunk)).await {
             Ok(sent) => {
                 sent.unwrap();

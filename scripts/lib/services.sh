@@ -77,8 +77,41 @@ ensure_redis() {
   die "Redis did not answer on 127.0.0.1:${REDIS_PORT}"
 }
 
+# The crate's rust-version, from Cargo.toml.
+rust_min_version() { sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../../Cargo.toml"; }
+
+# True when `rustc` is at least the crate's rust-version.
+rust_is_recent() {
+  local have want
+  have="$(rustc --version 2>/dev/null | awk '{print $2}')" || return 1
+  want="$(rust_min_version)"
+  [ -n "$have" ] || return 1
+  [ -z "$want" ] && return 0
+  [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" = "$want" ]
+}
+
+# Finds cargo, or installs the toolchain with rustup's minimal profile (this needs the internet:
+# https://sh.rustup.rs). RUSTUP_INIT may name a local copy of the installer.
+ensure_rust() {
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
+  if command -v cargo >/dev/null && rust_is_recent; then return 0; fi
+  say "installing the Rust toolchain with rustup (minimal profile, with clippy and rustfmt; needs the internet)"
+  local installer="${RUSTUP_INIT:-}"
+  if [ -z "$installer" ]; then
+    command -v curl >/dev/null || apt_install curl curl
+    installer="$(mktemp)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs -o "$installer" \
+      || die "cannot download rustup from https://sh.rustup.rs (no internet?): install Rust from https://rustup.rs, then run this again"
+  fi
+  sh "$installer" -y --no-modify-path --profile minimal --default-toolchain stable \
+    --component clippy --component rustfmt >&2 || die "the rustup installer failed"
+  PATH="$HOME/.cargo/bin:$PATH"
+  export PATH
+  command -v cargo >/dev/null || die "rustup ran but cargo is not in $HOME/.cargo/bin"
+}
+
 ensure_tools() {
-  command -v cargo >/dev/null || die "cargo not found: install Rust with https://rustup.rs, then run this again"
+  ensure_rust
   command -v psql >/dev/null || apt_install psql postgresql-client
   command -v redis-cli >/dev/null || apt_install redis-cli redis-tools
 }

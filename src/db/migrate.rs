@@ -60,6 +60,30 @@ async fn apply(client: &mut tokio_postgres::Client) -> Result<Vec<String>, DbErr
         .collect())
 }
 
+/// Refuses a database on which any of this build's migrations is missing, so that a command
+/// fails with what to do instead of a raw "relation does not exist" (42P01) mid-way.
+pub async fn check_current(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    let applied: Vec<i32> = match client
+        .query(&format!("SELECT version FROM {HISTORY_TABLE}"), &[])
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let missing: Vec<String> = migrations::runner()
+        .get_migrations()
+        .iter()
+        .filter(|m| !applied.contains(&(m.version() as i32)))
+        .map(|m| m.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(DbError::NotMigrated(missing.join(", ")))
+    }
+}
+
 fn missing_database(cfg: &tokio_postgres::Config, e: &DbError) -> bool {
     // tokio-postgres reports the server's 3D000 inside the connect error's text only.
     let DbError::Connect { reason, .. } = e else {

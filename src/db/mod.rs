@@ -32,6 +32,8 @@ pub enum DbError {
     Migrate(String),
     #[error("no answer from the database within {0:?}")]
     Timeout(Duration),
+    #[error("the database is not migrated (missing {0}): run `mdingest migrate`")]
+    NotMigrated(String),
 }
 
 /// What to do about a failed database operation.
@@ -52,7 +54,7 @@ impl DbError {
         match self {
             DbError::Query(e) => classify(e),
             DbError::Pool(_) | DbError::Connect { .. } | DbError::Timeout(_) => Fault::Transient,
-            DbError::BadUrl { .. } | DbError::Migrate(_) => Fault::Fatal,
+            DbError::BadUrl { .. } | DbError::Migrate(_) | DbError::NotMigrated(_) => Fault::Fatal,
         }
     }
 
@@ -185,6 +187,13 @@ pub async fn ping(pool: &Pool, shown_url: &str) -> Result<(), DbError> {
     })?;
     client.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+/// A pooled connection, or why there is none.
+pub async fn get(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
+    pool.get()
+        .await
+        .map_err(|e| DbError::Pool(pool_error_reason(&e)))
 }
 
 pub fn pool_error_reason(e: &deadpool_postgres::PoolError) -> String {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::domain::{DataSource, Mode, Symbol};
+use crate::domain::{DataSource, FeedState, Mode, Symbol};
 
 #[derive(Debug, Clone)]
 pub struct StatusRow {
@@ -55,7 +55,7 @@ pub async fn finish_feeds(
     source: DataSource,
     mode: Mode,
     symbols: &[Symbol],
-    state: &str,
+    state: FeedState,
     error: Option<&str>,
 ) -> Result<u64, DbError> {
     let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
@@ -67,7 +67,13 @@ pub async fn finish_feeds(
                  last_error_at = CASE WHEN $5::text IS NULL THEN last_error_at ELSE now() END,
                  updated_at = now()
              WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3) AND state = 'running'",
-            &[&source.as_str(), &mode.as_str(), &symbols, &state, &error],
+            &[
+                &source.as_str(),
+                &mode.as_str(),
+                &symbols,
+                &state.as_str(),
+                &error,
+            ],
         )
         .await?;
     Ok(n)

@@ -4,6 +4,8 @@
 //! Status moves in the same transaction as the rows, so `last_bar_timestamp` can never run ahead
 //! of what is committed.
 
+use std::collections::HashMap;
+
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -11,7 +13,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::DbError;
-use crate::pipeline::{Batch, FeedProgress, WriteCounts};
+use crate::ingest::{FeedProgress, Rejection, Staged, WriteCounts};
 
 /// Lives as long as the session; created (if missing) in every transaction, so a session reset
 /// (`DISCARD TEMP`, a pooler) cannot leave a writer without it. `ON COMMIT DELETE ROWS` empties
@@ -59,9 +61,10 @@ const MERGE_SQL: &str = "WITH up AS (
         close = EXCLUDED.close, volume = EXCLUDED.volume
     WHERE (m.open, m.high, m.low, m.close, m.volume)
         IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)
-    RETURNING (xmax = 0) AS inserted
+    RETURNING data_source, symbol, (xmax = 0) AS inserted
 )
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up";
+SELECT data_source, symbol, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
+FROM up GROUP BY data_source, symbol";
 
 const QUALITY_SQL: &str = "INSERT INTO data_ingestion.data_quality_logs
     (data_source, symbol, bar_timestamp, check_name, severity, action, details)
@@ -84,7 +87,9 @@ ON CONFLICT (data_source, symbol, mode) DO UPDATE SET
     last_success_at = now(),
     updated_at = now()";
 
-const IDLE_LIMIT_SQL: &str = "SET LOCAL idle_in_transaction_session_timeout = '60s'";
+/// `client_min_messages`: `CREATE TEMP TABLE IF NOT EXISTS` would log a NOTICE per batch.
+const TX_SETTINGS_SQL: &str = "SET LOCAL idle_in_transaction_session_timeout = '60s';
+    SET LOCAL client_min_messages = warning";
 
 /// The first write of every batch's transaction. The primary key makes it wait for an
 /// earlier attempt of the same batch that is still in flight on a dead connection; if that one
@@ -112,10 +117,12 @@ pub struct WriteOptions<'a> {
     pub prune: bool,
 }
 
-/// Writes `batch` (already de-duplicated) and the progress of `feeds` in one transaction.
+/// Writes `entries` (already de-duplicated: one per key), the quality-log rows and the progress
+/// of `feeds` in one transaction.
 pub async fn write_batch(
     client: &mut Client,
-    batch: &Batch,
+    entries: &[Staged],
+    rejections: &[Rejection],
     feeds: &[FeedProgress],
     opts: WriteOptions<'_>,
 ) -> Result<WriteCounts, DbError> {
@@ -124,7 +131,7 @@ pub async fn write_batch(
     // If this connection dies mid-batch, the server ends the orphaned transaction within a
     // minute (instead of when its TCP keepalive notices, up to hours), so the retry's claim on
     // the same token is not left waiting on it.
-    tx.batch_execute(IDLE_LIMIT_SQL).await?;
+    tx.batch_execute(TX_SETTINGS_SQL).await?;
     if tx.execute(CLAIM_BATCH_SQL, &[&opts.token]).await? == 0 {
         // An earlier attempt committed (its reply was lost): report what it did, write nothing.
         tx.rollback().await?;
@@ -138,14 +145,24 @@ pub async fn write_batch(
         });
     }
     let mut counts = WriteCounts::default();
-    if !batch.entries.is_empty() {
+    // Rows inserted or updated per (data_source, symbol): `rows_written` counts no unchanged row.
+    let mut written_of: HashMap<(String, String), i64> = HashMap::new();
+    let all_new = |written_of: &mut HashMap<(String, String), i64>| {
+        for f in feeds {
+            *written_of
+                .entry((f.source.as_str().to_string(), f.symbol.as_str().to_string()))
+                .or_default() += f.rows;
+        }
+    };
+    if !entries.is_empty() {
         let mut written = false;
         if expect_new {
             let sp = tx.savepoint("all_new").await?;
-            match copy_entries(&sp, COPY_NEW_SQL, batch).await {
+            match copy_entries(&sp, COPY_NEW_SQL, entries).await {
                 Ok(n) => {
                     sp.commit().await?;
                     counts.inserted = n;
+                    all_new(&mut written_of);
                     written = true;
                 }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => sp.rollback().await?,
@@ -154,17 +171,19 @@ pub async fn write_batch(
         }
         if !written {
             tx.batch_execute(STAGING_DDL).await?;
-            let staged = copy_entries(&tx, COPY_SQL, batch).await?;
-            let row = tx.query_one(MERGE_SQL, &[]).await?;
-            let inserted: i64 = row.get(0);
-            let updated: i64 = row.get(1);
-            counts.inserted = inserted as u64;
-            counts.updated = updated as u64;
+            let staged = copy_entries(&tx, COPY_SQL, entries).await?;
+            for row in tx.query(MERGE_SQL, &[]).await? {
+                let inserted: i64 = row.get(2);
+                let updated: i64 = row.get(3);
+                counts.inserted += inserted as u64;
+                counts.updated += updated as u64;
+                written_of.insert((row.get(0), row.get(1)), inserted + updated);
+            }
             counts.unchanged = staged.saturating_sub(counts.inserted + counts.updated);
         }
     }
-    if !batch.rejections.is_empty() {
-        insert_quality_rows(&tx, batch).await?;
+    if !rejections.is_empty() {
+        insert_quality_rows(&tx, rejections).await?;
     }
     if !feeds.is_empty() {
         let sources: Vec<&str> = feeds.iter().map(|f| f.source.as_str()).collect();
@@ -172,7 +191,14 @@ pub async fn write_batch(
         let modes: Vec<&str> = feeds.iter().map(|f| f.mode.as_str()).collect();
         let tfs: Vec<&str> = feeds.iter().map(|f| f.timeframe.as_str()).collect();
         let last: Vec<_> = feeds.iter().map(|f| f.last_bar).collect();
-        let rows: Vec<i64> = feeds.iter().map(|f| f.rows).collect();
+        // A symbol in two modes in one batch: its rows count once, for the first.
+        let rows: Vec<i64> = feeds
+            .iter()
+            .map(|f| {
+                let key = (f.source.as_str().to_string(), f.symbol.as_str().to_string());
+                written_of.remove(&key).unwrap_or(0)
+            })
+            .collect();
         tx.execute(
             STATUS_SQL,
             &[&sources, &symbols, &modes, &tfs, &last, &rows],
@@ -201,12 +227,12 @@ pub async fn write_batch(
 async fn copy_entries(
     tx: &Transaction<'_>,
     sql: &str,
-    batch: &Batch,
+    entries: &[Staged],
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = tx.copy_in(sql).await?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
-    for e in &batch.entries {
+    for e in entries {
         let b = &e.bar;
         let row: [&(dyn ToSql + Sync); 8] = [
             &b.symbol.as_str(),
@@ -223,8 +249,7 @@ async fn copy_entries(
     writer.finish().await
 }
 
-async fn insert_quality_rows(tx: &Transaction<'_>, batch: &Batch) -> Result<(), DbError> {
-    let r = &batch.rejections;
+async fn insert_quality_rows(tx: &Transaction<'_>, r: &[Rejection]) -> Result<(), DbError> {
     let sources: Vec<&str> = r.iter().map(|x| x.source.as_str()).collect();
     // The column is VARCHAR(20); the full text is in `details`.
     let symbols: Vec<Option<String>> = r
@@ -237,14 +262,19 @@ async fn insert_quality_rows(tx: &Transaction<'_>, batch: &Batch) -> Result<(), 
         .collect();
     let stamps: Vec<_> = r.iter().map(|x| x.bar_timestamp).collect();
     let checks: Vec<&str> = r.iter().map(|x| x.check).collect();
-    let severities: Vec<&str> = r.iter().map(|x| x.severity).collect();
-    let actions: Vec<&str> = r.iter().map(|x| x.action).collect();
+    let severities: Vec<&str> = r.iter().map(|x| x.severity.as_str()).collect();
+    let actions: Vec<&str> = r.iter().map(|x| x.action.as_str()).collect();
     let details: Vec<String> = r
         .iter()
         .map(|x| {
             let mut d = x.details.clone();
+            // The column keeps 20 characters; keep the rest once, unless the raw row has it.
             if let (Some(sym), Some(obj)) = (&x.symbol, d.as_object_mut()) {
-                obj.entry("symbol").or_insert_with(|| sym.clone().into());
+                let cut = sym.chars().count() > 20;
+                if cut && !obj.contains_key("row") && !obj.contains_key("raw") {
+                    obj.entry("symbol")
+                        .or_insert_with(|| crate::text::excerpt(sym, 100).into());
+                }
             }
             strip_nul(&mut d);
             d.to_string()

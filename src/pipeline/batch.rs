@@ -6,15 +6,8 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use super::{AckTx, Rejection};
-use crate::domain::{Bar, DataSource, Mode, Symbol, Timeframe};
-
-/// A bar on its way to the database, with the feed mode it came through.
-#[derive(Debug, Clone)]
-pub struct Staged {
-    pub bar: Bar,
-    pub mode: Mode,
-}
+use crate::domain::{DataSource, Mode, Symbol, Timeframe};
+use crate::ingest::{AckTx, FeedProgress, Rejection, Staged};
 
 #[derive(Debug)]
 pub struct Batch {
@@ -24,45 +17,8 @@ pub struct Batch {
     pub rejected_bars: u64,
     pub acks: Vec<AckTx>,
     pub opened: Instant,
-}
-
-/// Where one feed (`ingestion_status` row) stands after a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedProgress {
-    pub source: DataSource,
-    pub symbol: Symbol,
-    pub mode: Mode,
-    pub timeframe: Timeframe,
-    pub last_bar: DateTime<Utc>,
-    pub rows: i64,
-}
-
-/// What a committed batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteCounts {
-    pub inserted: u64,
-    pub updated: u64,
-    pub unchanged: u64,
-    pub rejected: u64,
-}
-
-impl WriteCounts {
-    pub fn add(&mut self, o: &WriteCounts) {
-        self.inserted += o.inserted;
-        self.updated += o.updated;
-        self.unchanged += o.unchanged;
-        self.rejected += o.rejected;
-    }
-    pub fn written(&self) -> u64 {
-        self.inserted + self.updated + self.unchanged
-    }
-}
-
-/// Sent to each producer whose bars a committed batch carried.
-#[derive(Debug, Clone)]
-pub struct BatchReport {
-    pub counts: WriteCounts,
-    pub feeds: Vec<FeedProgress>,
+    /// Holds a barrier: sent on even when it carries no row (see `Chunk::barrier`).
+    pub barrier: bool,
 }
 
 impl Batch {
@@ -77,11 +33,12 @@ impl Batch {
             rejected_bars: 0,
             acks: Vec::new(),
             opened: Instant::now(),
+            barrier: false,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.rejections.is_empty()
+        self.entries.is_empty() && self.rejections.is_empty() && !self.barrier
     }
 
     /// Rows (bars and quality-log rows) that count towards `batch_max_rows`.
@@ -165,6 +122,7 @@ impl Batch {
             rejected_bars: 0,
             acks: self.acks.clone(),
             opened: self.opened,
+            barrier: false,
         };
         (self, second)
     }

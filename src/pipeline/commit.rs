@@ -18,11 +18,13 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 
-use super::{Batch, BatchReport, PipelineError, Rejection, Totals, WriterContext};
+use super::{Batch, PipelineError, Totals, WriterContext};
 use crate::db::writer::{self, WriteOptions};
 use crate::db::{self, DbError, Fault};
+use crate::ingest::{bar_details, BatchReport, Rejection, NOTED_REJECTIONS};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts, jitter included.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// One attempt at one batch; a 10,000-row batch normally takes well under a second.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -47,6 +49,18 @@ pub(crate) async fn write_loop(
         }
         let acks = batch.acks.clone();
         let n = batch.entries.len() as u64;
+        if batch.entries.is_empty() && batch.rejections.is_empty() {
+            // Only barriers: every earlier batch of this writer is committed.
+            let report = BatchReport {
+                counts: Default::default(),
+                feeds: Vec::new(),
+                noted: Vec::new(),
+            };
+            for ack in &acks {
+                let _ = ack.send(report.clone());
+            }
+            continue;
+        }
         match commit(&ctx, batch, &mut state).await {
             Ok(report) => {
                 let totals = &mut state.totals;
@@ -133,7 +147,8 @@ fn commit<'a>(
                     .get()
                     .await
                     .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
-                writer::write_batch(&mut client, &batch, &feeds, opts).await
+                writer::write_batch(&mut client, &batch.entries, &batch.rejections, &feeds, opts)
+                    .await
             };
             // A silent network (a partition, a failover without a reset) would otherwise hold
             // the attempt for as long as TCP keepalive takes to notice.
@@ -142,13 +157,7 @@ fn commit<'a>(
                 .unwrap_or(Err(DbError::Timeout(ATTEMPT_TIMEOUT)))
         };
         let retried = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(RETRY_MIN)
-                    .with_max_delay(RETRY_MAX)
-                    .with_jitter()
-                    .without_max_times(),
-            )
+            .retry(retry_policy())
             .when(|e: &DbError| e.is_retriable())
             .notify(|e, wait| {
                 let rows = batch.entries.len();
@@ -168,12 +177,32 @@ fn commit<'a>(
             Ok(mut counts) => {
                 state.expect_new = counts.inserted == batch.entries.len() as u64;
                 counts.rejected = batch.rejected_bars;
-                Ok(BatchReport { counts, feeds })
+                let noted = batch
+                    .rejections
+                    .iter()
+                    .take(NOTED_REJECTIONS)
+                    .map(Rejection::console_line)
+                    .collect();
+                Ok(BatchReport {
+                    counts,
+                    feeds,
+                    noted,
+                })
             }
             Err(e) if e.fault() == Fault::BadData => isolate(ctx, batch, e, state).await,
             Err(e) => Err(Failure::Fatal(e.to_string())),
         }
     })
+}
+
+/// Capped exponential backoff with jitter, forever. backon's jitter adds up to one more delay
+/// on top of the capped one, so the cap given to it is half of `RETRY_MAX`.
+fn retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN / 2)
+        .with_max_delay(RETRY_MAX / 2)
+        .with_jitter()
+        .without_max_times()
 }
 
 /// Finds what the database refused. The quality-log rows are tried apart from the bars; the
@@ -193,6 +222,7 @@ async fn isolate(
         let b = commit(ctx, batch, state).await?;
         a.counts.add(&b.counts);
         a.feeds = b.feeds;
+        a.noted.extend(b.noted);
         return Ok(a);
     }
     match batch.entries.len() {
@@ -214,7 +244,7 @@ async fn isolate(
             log.rejections.push(Rejection {
                 details: json!({
                     "reason": err.to_string(),
-                    "bar": super::validate::bar_details(&e.bar, "refused by the database".into()),
+                    "bar": bar_details(&e.bar, "refused by the database".into()),
                 }),
                 ..Rejection::of_bar(&e.bar, "database_refused", String::new())
             });
@@ -228,6 +258,7 @@ async fn isolate(
             let b = commit(ctx, second, state).await?;
             a.counts.add(&b.counts);
             a.feeds.extend(b.feeds);
+            a.noted.extend(b.noted);
             Ok(a)
         }
     }
@@ -236,22 +267,36 @@ async fn isolate(
 const SANITIZED: &str = "unstorable_rejection";
 
 fn sanitized(r: &Rejection, err: &DbError) -> Rejection {
-    Rejection {
-        source: r.source,
-        symbol: r.symbol.as_ref().map(|s| {
+    Rejection::rejected(
+        r.source,
+        r.symbol.as_ref().map(|s| {
             s.chars()
                 .filter(|c| c.is_ascii_graphic())
                 .collect::<String>()
         }),
         // The timestamp itself may be what was refused (out of PostgreSQL's range).
-        bar_timestamp: None,
-        check: SANITIZED,
-        severity: "error",
-        action: "rejected",
-        details: json!({
+        None,
+        SANITIZED,
+        json!({
             "original_check": r.check,
             "bar_timestamp": r.bar_timestamp.map(|t| t.to_rfc3339()),
             "reason": err.to_string(),
         }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use backon::BackoffBuilder;
+
+    use super::*;
+
+    #[test]
+    fn retry_waits_never_pass_the_documented_cap() {
+        let waits: Vec<Duration> = retry_policy().build().take(200).collect();
+        assert_eq!(waits.len(), 200, "retries forever");
+        assert!(waits.iter().all(|w| *w <= RETRY_MAX), "{waits:?}");
+        assert!(waits.iter().any(|w| *w > RETRY_MAX / 2), "{waits:?}");
+        assert!(waits[0] >= RETRY_MIN / 2);
     }
 }

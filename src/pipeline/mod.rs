@@ -16,59 +16,19 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{Batch, BatchReport, FeedProgress, Staged, WriteCounts};
+pub use crate::ingest::{AckTx, BatchReport, Chunk, FeedProgress, Rejection, Staged, WriteCounts};
+pub use batch::Batch;
 
 use crate::config::{PipelineConfig, Timeframes};
-use crate::domain::{Bar, DataSource, Mode};
-
-pub type AckTx = mpsc::UnboundedSender<BatchReport>;
 
 /// A batch's room reserved up front; a larger `batch_max_rows` grows past it only when used.
 const INITIAL_BATCH_CAPACITY: usize = 16_384;
-
-/// One `data_quality_logs` row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    pub source: DataSource,
-    /// As the vendor sent it (it may be what was wrong); cut to the column's 20 characters when
-    /// stored, the full text stays in `details`.
-    pub symbol: Option<String>,
-    pub bar_timestamp: Option<DateTime<Utc>>,
-    pub check: &'static str,
-    pub severity: &'static str,
-    pub action: &'static str,
-    pub details: serde_json::Value,
-}
-
-impl Rejection {
-    pub fn of_bar(bar: &Bar, check: &'static str, reason: String) -> Rejection {
-        Rejection {
-            source: bar.source,
-            symbol: Some(bar.symbol.to_string()),
-            bar_timestamp: Some(bar.timestamp),
-            check,
-            severity: "error",
-            action: "rejected",
-            details: validate::bar_details(bar, reason),
-        }
-    }
-}
-
-/// What a producer hands the pipeline: parsed bars, plus the rows it could not parse.
-#[derive(Debug)]
-pub struct Chunk {
-    pub mode: Mode,
-    pub bars: Vec<Bar>,
-    pub rejections: Vec<Rejection>,
-    /// Told about every batch that carried this chunk's bars, once committed.
-    pub ack: Option<AckTx>,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("the write pipeline has stopped")]
@@ -108,6 +68,7 @@ impl Queue {
                 bars: std::mem::replace(&mut chunk.bars, rest),
                 rejections: std::mem::take(&mut chunk.rejections),
                 ack: chunk.ack.clone(),
+                barrier: None,
             };
             self.send_one(head).await?;
         }
@@ -211,7 +172,9 @@ impl Pipeline {
         drop(self.queue);
         let _ = self.router.await;
         let mut totals = Totals::default();
-        let mut first_error = None;
+        let mut fatal = None;
+        // Every writer's abandoned bars: each holds its own shard's share.
+        let mut uncommitted = 0;
         for w in self.writers {
             match w.await {
                 Ok(Ok(t)) => {
@@ -219,18 +182,20 @@ impl Pipeline {
                     totals.batches += t.batches;
                     totals.retries += t.retries;
                 }
+                Ok(Err(PipelineError::Abandoned { uncommitted: n })) => uncommitted += n,
                 Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
+                    fatal.get_or_insert(e);
                 }
                 Err(join) => {
-                    first_error
+                    fatal
                         .get_or_insert(PipelineError::Fatal(format!("writer task failed: {join}")));
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(totals),
+        match (fatal, uncommitted) {
+            (Some(e), _) => Err(e),
+            (None, 0) => Ok(totals),
+            (None, uncommitted) => Err(PipelineError::Abandoned { uncommitted }),
         }
     }
 }
@@ -291,7 +256,12 @@ impl Router {
             bars,
             rejections,
             ack,
+            barrier,
         } = chunk;
+        if let Some(symbol) = barrier {
+            let shard = self.shard_of(symbol.as_str());
+            return self.add(shard, ack.as_ref(), |b| b.barrier = true).await;
+        }
         for r in rejections {
             let shard = self.shard_of(r.symbol.as_deref().unwrap_or(""));
             self.add(shard, ack.as_ref(), |b| {

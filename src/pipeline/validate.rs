@@ -4,10 +4,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use serde_json::json;
 
-use super::Rejection;
 use crate::domain::{Bar, Timeframe};
+use crate::ingest::Rejection;
 
 /// Largest magnitude `DECIMAL(15,4)` holds: 11 integer digits.
 pub const PRICE_LIMIT: Decimal = Decimal::from_parts(1215752192, 23, 0, false, 0); // 1e11
@@ -79,18 +78,6 @@ pub fn check(bar: &Bar, timeframe: Timeframe, now: DateTime<Utc>) -> Vec<Rejecti
         );
     }
     problems
-}
-
-/// The offending values, as text so no precision is lost in JSONB.
-pub fn bar_details(bar: &Bar, reason: String) -> serde_json::Value {
-    json!({
-        "reason": reason,
-        "open": bar.open.to_string(),
-        "high": bar.high.to_string(),
-        "low": bar.low.to_string(),
-        "close": bar.close.to_string(),
-        "volume": bar.volume,
-    })
 }
 
 #[cfg(test)]

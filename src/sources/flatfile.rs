@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::domain::{
     is_midnight_new_york, parse_decimal, Bar, DataSource, DomainError, Mode, Symbol, Timeframe,
 };
-use crate::pipeline::{Chunk, Rejection};
+use crate::ingest::{Chunk, Rejection};
 
 const COLUMNS: [&str; 7] = [
     "ticker",
@@ -31,6 +31,12 @@ const COLUMNS: [&str; 7] = [
 ];
 const EXPECTED_HEADER: &str = "ticker,volume,open,close,high,low,window_start,transactions";
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// A real row is under 200 bytes; a longer one is skipped to its end without being held.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// A real header is 62 bytes; a file whose first line runs past this is not a flat file.
+pub const MAX_HEADER_BYTES: usize = 4096;
+/// The raw row kept in `data_quality_logs.details`, beside its original length.
+pub const MAX_LOGGED_ROW_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlatFileError {
@@ -38,7 +44,7 @@ pub enum FlatFileError {
     Open { path: String, source: io::Error },
     #[error("{path}: named .gz but not a gzip file")]
     NotGzip { path: String },
-    #[error("{path}: line 1: header {found:?} is not a Polygon flat file's (missing column {missing:?}; expected {EXPECTED_HEADER})")]
+    #[error("{path}: line 1: header \"{found}\" is not a Polygon flat file's (missing column {missing:?}; expected {EXPECTED_HEADER})")]
     Header {
         path: String,
         found: String,
@@ -59,6 +65,92 @@ pub enum FlatFileError {
         detected: &'static str,
         configured: Timeframe,
     },
+}
+
+/// Cuts every line at `MAX_RECORD_BYTES` (the header at `MAX_HEADER_BYTES`): the rest of an
+/// overlong line is read and dropped, never held, and its line number is queued for the parser,
+/// which turns the cut record into one quality row. Without it a single 1 GB line (a gzip bomb
+/// of NULs) would be buffered whole by the CSV reader.
+struct LineCap<R> {
+    inner: R,
+    /// 1-based number of the line being read.
+    line: u64,
+    len: u64,
+    skipping: bool,
+    overlong: Arc<std::sync::Mutex<std::collections::VecDeque<Overlong>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Overlong {
+    line: u64,
+    len: u64,
+}
+
+impl<R: Read> LineCap<R> {
+    fn cap(&self) -> u64 {
+        if self.line == 1 {
+            MAX_HEADER_BYTES as u64
+        } else {
+            MAX_RECORD_BYTES as u64
+        }
+    }
+
+    fn end_skip(&mut self) {
+        self.skipping = false;
+        if let Ok(mut q) = self.overlong.lock() {
+            q.push_back(Overlong {
+                line: self.line,
+                len: self.len,
+            });
+        }
+    }
+}
+
+impl<R: Read> Read for LineCap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.inner.read(buf)?;
+            if n == 0 {
+                if self.skipping {
+                    self.end_skip();
+                }
+                return Ok(0);
+            }
+            let mut kept = 0;
+            for i in 0..n {
+                let b = buf[i];
+                if b == b'\n' {
+                    if self.skipping {
+                        self.end_skip();
+                    }
+                    buf[kept] = b;
+                    kept += 1;
+                    self.line += 1;
+                    self.len = 0;
+                    continue;
+                }
+                self.len += 1;
+                if self.skipping {
+                    continue;
+                }
+                if self.len > self.cap() {
+                    if self.line == 1 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("header line longer than {MAX_HEADER_BYTES} bytes"),
+                        ));
+                    }
+                    self.skipping = true;
+                    continue;
+                }
+                buf[kept] = b;
+                kept += 1;
+            }
+            if kept > 0 {
+                return Ok(kept);
+            }
+        }
+    }
 }
 
 /// Counts the compressed bytes consumed, for progress over a file of known size.
@@ -87,6 +179,7 @@ pub struct FlatFile {
     pending: Option<FlatFileError>,
     done: bool,
     last_symbol: std::cell::RefCell<Option<Symbol>>,
+    overlong: Arc<std::sync::Mutex<std::collections::VecDeque<Overlong>>>,
 }
 
 impl FlatFile {
@@ -96,7 +189,7 @@ impl FlatFile {
         configured: Timeframe,
         bytes_read: Arc<AtomicU64>,
     ) -> Result<FlatFile, FlatFileError> {
-        let shown = path.display().to_string();
+        let shown = crate::text::path(path);
         let open_err = |source| FlatFileError::Open {
             path: shown.clone(),
             source,
@@ -116,16 +209,26 @@ impl FlatFile {
                 read: bytes_read,
             },
         );
-        let input: Box<dyn Read + Send> = if gzip {
+        let decoded: Box<dyn Read + Send> = if gzip {
             Box::new(flate2::read::MultiGzDecoder::new(counted))
         } else {
             Box::new(counted)
         };
+        let overlong = Arc::default();
+        let input: Box<dyn Read + Send> = Box::new(LineCap {
+            inner: decoded,
+            line: 1,
+            len: 0,
+            skipping: false,
+            overlong: Arc::clone(&overlong),
+        });
         // Polygon never quotes; honouring quotes would let one stray `"` swallow the rest of
         // the file into a single field (and into memory).
         let mut rdr = csv::ReaderBuilder::new()
             .flexible(true)
             .quoting(false)
+            // Lines end at `\n` only, as `LineCap` counts them (a `\r` before it is trimmed).
+            .terminator(csv::Terminator::Any(b'\n'))
             .buffer_capacity(1 << 16)
             .from_reader(input);
         let header = match rdr.headers() {
@@ -134,7 +237,7 @@ impl FlatFile {
                 return Err(FlatFileError::Read {
                     path: shown,
                     line: 1,
-                    reason: e.to_string(),
+                    reason: crate::text::excerpt(&e.to_string(), 200),
                 })
             }
         };
@@ -148,7 +251,7 @@ impl FlatFile {
                 .position(|h| h.trim() == name)
                 .ok_or_else(|| FlatFileError::Header {
                     path: shown.clone(),
-                    found: header.iter().collect::<Vec<_>>().join(","),
+                    found: crate::text::excerpt(&header.iter().collect::<Vec<_>>().join(","), 100),
                     missing: name,
                 })?;
         }
@@ -162,6 +265,7 @@ impl FlatFile {
             pending: None,
             done: false,
             last_symbol: Default::default(),
+            overlong,
         })
     }
 
@@ -174,12 +278,7 @@ impl FlatFile {
         if self.done {
             return Ok(None);
         }
-        let mut chunk = Chunk {
-            mode: Mode::Backfill,
-            bars: Vec::with_capacity(max),
-            rejections: Vec::new(),
-            ack: None,
-        };
+        let mut chunk = Chunk::new(Mode::Backfill, Vec::with_capacity(max), Vec::new());
         let mut rows = 0;
         while rows < max {
             match self.rdr.read_record(&mut self.record) {
@@ -218,6 +317,18 @@ impl FlatFile {
             }
             rows += 1;
             let line = self.record.position().map_or(0, |p| p.line());
+            if let Some(len) = self.take_overlong(line) {
+                let mut r = self.reject(
+                    line,
+                    None,
+                    "record_too_long",
+                    format!("the row is {len} bytes, longer than the {MAX_RECORD_BYTES}-byte cap"),
+                );
+                r.symbol = None;
+                r.details["row_len"] = json!(len);
+                chunk.rejections.push(r);
+                continue;
+            }
             match self.parse_row() {
                 Ok(bar) => {
                     if !self.detected {
@@ -234,6 +345,19 @@ impl FlatFile {
             return Ok(None);
         }
         Ok(Some(chunk))
+    }
+
+    /// The full length of line `line` if `LineCap` cut it.
+    fn take_overlong(&self, line: u64) -> Option<u64> {
+        let mut q = self.overlong.lock().ok()?;
+        // Lines the parser never turned into records (none today) must not block the queue.
+        while q.front().is_some_and(|o| o.line < line) {
+            q.pop_front();
+        }
+        match q.front() {
+            Some(o) if o.line == line => q.pop_front().map(|o| o.len),
+            _ => None,
+        }
     }
 
     /// Day files stamp every bar at midnight New York; minute files never do (their session
@@ -282,20 +406,13 @@ impl FlatFile {
                 (
                     "invalid_timestamp",
                     None,
-                    format!("window_start {ts_raw:?} is not epoch nanoseconds"),
+                    format!(
+                        "window_start \"{}\" is not epoch nanoseconds",
+                        crate::text::excerpt(ts_raw, 40)
+                    ),
                 )
             })?;
-        let fail = |e: DomainError| {
-            let check = match &e {
-                DomainError::EmptySymbol
-                | DomainError::SymbolTooLong(_)
-                | DomainError::SymbolNotTicker(_) => "invalid_symbol",
-                DomainError::NotANumber { value, .. } if value.is_empty() => "missing_value",
-                DomainError::VolumeOutOfRange(_) => "value_out_of_range",
-                _ => "not_a_number",
-            };
-            (check, Some(ts), e.to_string())
-        };
+        let fail = |e: DomainError| (e.check_name(), Some(ts), e.to_string());
         let raw = self.field(0)?.trim();
         // Files are sorted by ticker: share the previous row's symbol instead of a new one.
         let cached = self
@@ -347,22 +464,25 @@ impl FlatFile {
         let ticker = self
             .record
             .get(self.cols[0])
-            .map(|s| s.trim().to_string())
+            .map(|s| crate::text::excerpt(s.trim(), 40))
             .filter(|s| !s.is_empty());
-        Rejection {
-            source: DataSource::Polygon,
-            symbol: ticker,
-            bar_timestamp: ts,
+        // The raw row once, cut, with its length: a junk line must not fill the table.
+        let row = self.record.iter().collect::<Vec<_>>().join(",");
+        let row_len = row.len();
+        let row = crate::text::cut(&row, MAX_LOGGED_ROW_BYTES);
+        Rejection::rejected(
+            DataSource::Polygon,
+            ticker,
+            ts,
             check,
-            severity: "error",
-            action: "rejected",
-            details: json!({
+            json!({
                 "reason": reason,
                 "file": self.shown,
                 "line": line,
-                "row": self.record.iter().collect::<Vec<_>>().join(","),
+                "row": row,
+                "row_len": row_len,
             }),
-        }
+        )
     }
 }
 

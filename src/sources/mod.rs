@@ -3,4 +3,5 @@
 //! pipeline's [`crate::pipeline::Queue`]; shared plumbing (retry, rate limit, reconnect, paging)
 //! lives beside them, written once.
 
+pub mod driver;
 pub mod flatfile;

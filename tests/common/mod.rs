@@ -200,3 +200,129 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+pub fn import(cfg: &Path, files: &[&Path]) -> Output {
+    mdingest(&import_args(cfg, files), &[])
+}
+
+pub fn import_args<'a>(cfg: &'a Path, files: &[&'a Path]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "import",
+        "--format",
+        "polygon-flatfile",
+    ];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    args
+}
+
+/// The value printed on the summary line `name`.
+pub fn summary_value(out: &str, name: &str) -> String {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no {name:?} in summary:\n{out}"))
+        .to_string()
+}
+
+/// A minute-aggregates flat file: `minutes` consecutive bars from 2024-01-02 09:00Z for each symbol.
+pub fn minute_csv<S: std::fmt::Display>(
+    symbols: impl IntoIterator<Item = S>,
+    minutes: i64,
+) -> String {
+    let mut csv = String::from("ticker,volume,open,close,high,low,window_start,transactions\n");
+    for sym in symbols {
+        for m in 0..minutes {
+            let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
+            csv.push_str(&format!("{sym},100,10.5,10.6,10.7,10.4,{ns},5\n"));
+        }
+    }
+    csv
+}
+
+pub fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+/// The binary started with `args`, its output piped.
+pub fn spawn_mdingest(args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mdingest")
+}
+
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid; no memory is shared.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+/// What a finished child printed, its exit code and its peak RSS in bytes.
+pub struct Measured {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub peak_rss: u64,
+}
+
+/// `VmHWM` of a live process, in bytes.
+fn high_water_mark(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Waits for `child`, reading its peak RSS from `/proc/PID/status` (`VmHWM`, which only grows)
+/// every few milliseconds while it lives. Not `wait4`'s `ru_maxrss`: a child spawned with
+/// vfork inherits the test process's own peak in it.
+pub fn wait_measured(mut child: std::process::Child) -> Measured {
+    use std::io::Read;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let e = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let mut peak = 0;
+    let status = loop {
+        if let Some(hwm) = high_water_mark(child.id()) {
+            peak = peak.max(hwm);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Measured {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&o.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&e.join().unwrap()).into_owned(),
+        peak_rss: peak,
+    }
+}
+
+/// Polls `sql` (a count) until it is positive, for at most a minute.
+pub async fn wait_for_rows(db: &TestDb, sql: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while db.count(sql).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing in 60 s: {sql}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,212 @@
+//! What producers and the writer share: a bar on its way with its feed mode, a rejection for
+//! `data_quality_logs`, the chunk a source hands the queue, a feed's progress, write counts and
+//! the report a committed batch sends back. A leaf: `sources`, `pipeline` and `db` import it, it
+//! imports none of them.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::domain::{Bar, DataSource, Mode, Symbol, Timeframe};
+
+/// Told about every batch that carried a producer's bars, once committed.
+pub type AckTx = mpsc::UnboundedSender<BatchReport>;
+
+/// A bar on its way to the database, with the feed mode it came through.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub bar: Bar,
+    pub mode: Mode,
+}
+
+/// `data_quality_logs.severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// `data_quality_logs.action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Rejected,
+    Accepted,
+    Repaired,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Rejected => "rejected",
+            Action::Accepted => "accepted",
+            Action::Repaired => "repaired",
+        }
+    }
+}
+
+/// One `data_quality_logs` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub source: DataSource,
+    /// As the vendor sent it (it may be what was wrong), already cut short; cut to the column's
+    /// 20 characters when stored.
+    pub symbol: Option<String>,
+    pub bar_timestamp: Option<DateTime<Utc>>,
+    pub check: &'static str,
+    pub severity: Severity,
+    pub action: Action,
+    /// The offending values and `reason`; a file's rejections also carry `file` and `line`.
+    pub details: serde_json::Value,
+}
+
+impl Rejection {
+    /// A rejected row: severity error, action rejected.
+    pub fn rejected(
+        source: DataSource,
+        symbol: Option<String>,
+        bar_timestamp: Option<DateTime<Utc>>,
+        check: &'static str,
+        details: serde_json::Value,
+    ) -> Rejection {
+        Rejection {
+            source,
+            symbol,
+            bar_timestamp,
+            check,
+            severity: Severity::Error,
+            action: Action::Rejected,
+            details,
+        }
+    }
+
+    pub fn of_bar(bar: &Bar, check: &'static str, reason: String) -> Rejection {
+        Rejection::rejected(
+            bar.source,
+            Some(bar.symbol.to_string()),
+            Some(bar.timestamp),
+            check,
+            bar_details(bar, reason),
+        )
+    }
+
+    /// One line for the console: where the row came from (file and line, or source, symbol and
+    /// bar time), the check and the reason.
+    pub fn console_line(&self) -> String {
+        let d = &self.details;
+        let origin = match (d.get("file").and_then(|f| f.as_str()), d.get("line")) {
+            (Some(file), Some(line)) => format!("{file}:{line}"),
+            _ => format!(
+                "{} {} {}",
+                self.source,
+                self.symbol.as_deref().unwrap_or("-"),
+                self.bar_timestamp
+                    .map_or_else(|| "-".to_string(), |t| t.to_rfc3339())
+            ),
+        };
+        let reason = d.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+        crate::text::excerpt(&format!("{origin}: {}: {reason}", self.check), 300)
+    }
+}
+
+/// The offending values, as text so no precision is lost in JSONB.
+pub fn bar_details(bar: &Bar, reason: String) -> serde_json::Value {
+    json!({
+        "reason": reason,
+        "open": bar.open.to_string(),
+        "high": bar.high.to_string(),
+        "low": bar.low.to_string(),
+        "close": bar.close.to_string(),
+        "volume": bar.volume,
+    })
+}
+
+/// What a producer hands the pipeline: parsed bars, plus the rows it could not parse.
+#[derive(Debug)]
+pub struct Chunk {
+    pub mode: Mode,
+    pub bars: Vec<Bar>,
+    pub rejections: Vec<Rejection>,
+    /// Told about every batch that carried this chunk's bars, once committed.
+    pub ack: Option<AckTx>,
+    /// A barrier: no data; its `ack` hears once every earlier bar of this symbol is committed
+    /// (it rides in the symbol's shard, behind them).
+    pub barrier: Option<Symbol>,
+}
+
+impl Chunk {
+    pub fn new(mode: Mode, bars: Vec<Bar>, rejections: Vec<Rejection>) -> Chunk {
+        Chunk {
+            mode,
+            bars,
+            rejections,
+            ack: None,
+            barrier: None,
+        }
+    }
+
+    pub fn barrier(symbol: Symbol, ack: AckTx) -> Chunk {
+        Chunk {
+            mode: Mode::Backfill,
+            bars: Vec::new(),
+            rejections: Vec::new(),
+            ack: Some(ack),
+            barrier: Some(symbol),
+        }
+    }
+}
+
+/// Where one feed (`ingestion_status` row) stands after a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedProgress {
+    pub source: DataSource,
+    pub symbol: Symbol,
+    pub mode: Mode,
+    pub timeframe: Timeframe,
+    pub last_bar: DateTime<Utc>,
+    /// Bars of this feed in the batch.
+    pub rows: i64,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+}
+
+impl WriteCounts {
+    pub fn add(&mut self, o: &WriteCounts) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.rejected += o.rejected;
+    }
+    pub fn written(&self) -> u64 {
+        self.inserted + self.updated + self.unchanged
+    }
+}
+
+/// Rejections a report carries for the console; the rest are only in `data_quality_logs`.
+pub const NOTED_REJECTIONS: usize = 20;
+
+/// Sent to each producer whose bars a committed batch carried.
+#[derive(Debug, Clone)]
+pub struct BatchReport {
+    pub counts: WriteCounts,
+    pub feeds: Vec<FeedProgress>,
+    /// `console_line`s of the batch's first rejections (at most `NOTED_REJECTIONS`).
+    pub noted: Vec<String>,
+}
