@@ -515,7 +515,9 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
             expect_new: true,
             prune: false,
         };
-        write_batch(&mut client, &other.entries, &[], &[], opts).await.unwrap()
+        write_batch(&mut client, &other.entries, &[], &[], opts)
+            .await
+            .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
