@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mdingest::domain::Timeframe;
-use mdingest::sources::flatfile::FlatFile;
+use mdingest::sources::polygon::flatfile::FlatFile;
 
 const SYMBOLS: i64 = 200;
 const MINUTES: i64 = 1000;

@@ -9,8 +9,10 @@ use std::io::Write;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::backfill::{self, BackfillOptions, DateArg};
 use crate::config::{self, Config, LogFormat};
 use crate::db;
+use crate::domain::{DataSource, Symbol, Timeframe};
 use crate::import;
 use crate::shutdown::Shutdown;
 use crate::sources::driver::Summary;
@@ -41,10 +43,53 @@ pub enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Historical load from a vendor's REST API, then exit. Work is planned as tasks in
+    /// data_ingestion.backfill_tasks: a re-run fetches only what is left, and several processes
+    /// share one range.
+    Backfill {
+        /// The vendor (today: polygon).
+        #[arg(long, value_parser = parse_source)]
+        source: DataSource,
+        /// Symbols, comma-separated (default: the source's configured symbols).
+        #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
+        symbols: Vec<Symbol>,
+        /// First day (New York exchange date, inclusive) or RFC 3339 time.
+        #[arg(long, value_parser = parse_date)]
+        from: DateArg,
+        /// Last day (inclusive) or RFC 3339 time.
+        #[arg(long, value_parser = parse_date)]
+        to: DateArg,
+        /// Must match the source's configured timeframe.
+        #[arg(long, value_parser = parse_timeframe)]
+        timeframe: Option<Timeframe>,
+        /// Fetch windows again that are already done (to pick up a vendor's corrections).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print every feed's ingestion status as a table.
     Status,
     /// Validate the configuration and print it resolved, secrets redacted.
     CheckConfig,
+}
+
+fn parse_source(s: &str) -> Result<DataSource, String> {
+    s.parse()
+        .map_err(|e: crate::domain::DomainError| e.to_string())
+}
+
+fn parse_symbol(s: &str) -> Result<Symbol, String> {
+    s.trim()
+        .parse()
+        .map_err(|e: crate::domain::DomainError| e.to_string())
+}
+
+fn parse_timeframe(s: &str) -> Result<Timeframe, String> {
+    s.parse()
+        .map_err(|e: crate::domain::DomainError| e.to_string())
+}
+
+fn parse_date(s: &str) -> Result<DateArg, String> {
+    s.parse()
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -139,6 +184,29 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 .listen_for_signals()
                 .context("cannot listen for signals")?;
             let summary = import::import(&cfg, paths, &shutdown, true).await?;
+            Ok(finish(&summary))
+        }
+        Command::Backfill {
+            source,
+            symbols,
+            from,
+            to,
+            timeframe,
+            force,
+        } => {
+            let shutdown = Shutdown::new();
+            shutdown
+                .listen_for_signals()
+                .context("cannot listen for signals")?;
+            let opts = BackfillOptions {
+                source,
+                symbols,
+                from,
+                to,
+                timeframe,
+                force,
+            };
+            let summary = backfill::backfill(&cfg, opts, &shutdown, true).await?;
             Ok(finish(&summary))
         }
     }

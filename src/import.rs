@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::domain::{DataSource, Symbol, Timeframe};
-use crate::progress::Progress;
+use crate::progress::{Progress, Unit};
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
-use crate::sources::flatfile::{FlatFile, FlatFileError};
+use crate::sources::polygon::flatfile::{FlatFile, FlatFileError};
 
 /// Rows per chunk handed to the queue: large enough to amortise the hand-off, small enough that
 /// memory stays bounded by the queue, not by the file.
@@ -70,7 +70,8 @@ impl Source for FlatFiles {
             lines: vec![("files", self.paths.len().to_string())],
             ..SourceEnd::default()
         };
-        let mut progress = Progress::new("import", self.total_bytes, ctx.show_progress());
+        let mut progress =
+            Progress::new("import", self.total_bytes, Unit::Bytes, ctx.show_progress());
         let bytes = Arc::new(AtomicU64::new(0));
         for path in &self.paths {
             let file = match FlatFile::open(path, self.timeframe, bytes.clone()) {

@@ -3,6 +3,7 @@
 //! Data flows one way: source → validate → batch → write → acknowledge. See `README.md` for the
 //! operator's view and `pipeline` for the write path.
 
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -12,5 +13,6 @@ pub mod ingest;
 pub mod pipeline;
 pub mod progress;
 pub mod shutdown;
+pub mod sim;
 pub mod sources;
 pub mod text;

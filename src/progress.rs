@@ -11,19 +11,33 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 pub struct Progress {
     what: &'static str,
     total: u64,
+    unit: Unit,
     bar: Option<ProgressBar>,
     last_log: Instant,
 }
 
+/// What the position counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Bytes of input (a file's size).
+    Bytes,
+    /// Tasks of a work queue.
+    Tasks,
+}
+
 impl Progress {
-    /// `total` is in bytes (the input's size); `visible` is false for quiet callers (tests).
-    pub fn new(what: &'static str, total: u64, visible: bool) -> Progress {
+    /// `total` is in `unit`s; `visible` is false for quiet callers (tests).
+    pub fn new(what: &'static str, total: u64, unit: Unit, visible: bool) -> Progress {
         let bar = (visible && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total);
+            let counts = match unit {
+                Unit::Bytes => "{bytes}/{total_bytes}",
+                Unit::Tasks => "{pos}/{len} tasks",
+            };
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg} ({elapsed}, eta {eta})",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{spinner}} {{prefix}} [{{bar:30}}] {counts} {{msg}} ({{elapsed}}, eta {{eta}})"
+                ))
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
@@ -33,23 +47,28 @@ impl Progress {
         Progress {
             what,
             total,
+            unit,
             bar,
             last_log: Instant::now(),
         }
     }
 
-    pub fn update(&mut self, done_bytes: u64, message: impl FnOnce() -> String) {
+    pub fn update(&mut self, done: u64, message: impl FnOnce() -> String) {
         if let Some(bar) = &self.bar {
-            bar.set_position(done_bytes);
+            bar.set_position(done);
             bar.set_message(message());
         } else if self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();
             let pct = if self.total == 0 {
                 100.0
             } else {
-                done_bytes as f64 * 100.0 / self.total as f64
+                done as f64 * 100.0 / self.total as f64
             };
-            tracing::info!("{}: {:.0}% {}", self.what, pct, message());
+            let of = match self.unit {
+                Unit::Bytes => String::new(),
+                Unit::Tasks => format!(" ({done} of {} tasks)", self.total),
+            };
+            tracing::info!("{}: {:.0}%{of} {}", self.what, pct, message());
         }
     }
 

@@ -1,5 +1,6 @@
 //! PostgreSQL: connections, the pool, migrations, the COPY-merge writer, status and quality log.
 
+pub mod backfill;
 pub mod migrate;
 pub mod status;
 pub mod writer;

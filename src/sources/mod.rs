@@ -1,7 +1,9 @@
-//! Where bars come from. Each vendor adapter is one file that turns the vendor's wire format
-//! into [`crate::domain::Bar`]s and [`crate::pipeline::Rejection`]s and hands them to the
-//! pipeline's [`crate::pipeline::Queue`]; shared plumbing (retry, rate limit, reconnect, paging)
-//! lives beside them, written once.
+//! Where bars come from. Each vendor is one folder (`polygon/`: a pure `decode` layer, the
+//! flat files, the REST client) that turns the vendor's wire format into
+//! [`crate::domain::Bar`]s and [`crate::ingest::Rejection`]s; `driver` runs any source through
+//! the pipeline (lifecycle, signals, summary) and `http` is the plumbing every REST vendor shares
+//! (client, rate limit, retry).
 
 pub mod driver;
-pub mod flatfile;
+pub mod http;
+pub mod polygon;

@@ -1,0 +1,461 @@
+//! `mdingest backfill --source polygon --symbols A,B --from D --to D [--timeframe T] [--force]`:
+//! plans the range as tasks on a fixed grid of windows in `data_ingestion.backfill_tasks`, then
+//! workers claim them (`db::backfill`), fetch each window from the vendor's REST API and hand the
+//! bars to the shared driver. A task is done once its bars are committed, so a backfill killed
+//! (even with `kill -9`) and run again fetches only what is left, and several processes share
+//! one range without fetching a window twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use futures_util::future::join_all;
+
+use crate::config::Config;
+use crate::db::backfill::{self as queue, Range, Task};
+use crate::db::{self, DbError};
+use crate::domain::{DataSource, Mode, Symbol, Timeframe};
+use crate::ingest::Chunk;
+use crate::progress::{Progress, Unit};
+use crate::shutdown::Shutdown;
+use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
+use crate::sources::http::Blame;
+use crate::sources::polygon::{PolygonError, PolygonRest};
+
+/// Windows start on Sundays, 00:00 UTC, counted from this one.
+const GRID_ORIGIN_SECS: i64 = 3 * 86_400; // 1970-01-04
+/// Workers fetching at once; the vendor's rate limit paces them all together.
+const WORKERS: usize = 4;
+
+/// A window holds at most this many base aggregates (Polygon's `limit` counts minutes for every
+/// intraday timeframe, at most 50,000), so one page can hold a whole window even if a vendor
+/// stopped sending `next_url`: 30 days are 43,200 minutes. Daily bars: 52 weeks.
+pub fn window_len(timeframe: Timeframe) -> Duration {
+    match timeframe {
+        Timeframe::D1 => Duration::weeks(52),
+        _ => Duration::days(30),
+    }
+}
+
+/// The grid's windows that overlap `[from, to)`, none starting after `now`.
+pub fn windows(
+    timeframe: Timeframe,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let len = window_len(timeframe).num_seconds();
+    let origin = GRID_ORIGIN_SECS;
+    let first = (from.timestamp() - origin).div_euclid(len);
+    let mut out = Vec::new();
+    let mut k = first;
+    loop {
+        let start = origin + k * len;
+        let (Some(s), Some(e)) = (
+            DateTime::from_timestamp(start, 0),
+            DateTime::from_timestamp(start + len, 0),
+        ) else {
+            break;
+        };
+        if s >= to || s > now {
+            break;
+        }
+        out.push((s, e));
+        k += 1;
+    }
+    out
+}
+
+/// `--from`/`--to`: an exchange date (New York; `--from` its start, `--to` its end, both
+/// inclusive) or an RFC 3339 instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateArg {
+    Date(NaiveDate),
+    Instant(DateTime<Utc>),
+}
+
+impl std::str::FromStr for DateArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            return Ok(DateArg::Date(d));
+        }
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| DateArg::Instant(t.with_timezone(&Utc)))
+            .map_err(|_| {
+                format!(
+                    "\"{}\" is neither a date (2024-01-02) nor an RFC 3339 time (2024-01-02T14:30:00Z)",
+                    crate::text::excerpt(s, 40)
+                )
+            })
+    }
+}
+
+/// Midnight New York at the start of `d`.
+fn new_york_midnight(d: NaiveDate) -> Option<DateTime<Utc>> {
+    chrono_tz::America::New_York
+        .from_local_datetime(&d.and_hms_opt(0, 0, 0)?)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl DateArg {
+    /// The first instant of the range it starts.
+    pub fn start(self) -> Option<DateTime<Utc>> {
+        match self {
+            DateArg::Date(d) => new_york_midnight(d),
+            DateArg::Instant(t) => Some(t),
+        }
+    }
+
+    /// The first instant after the range it ends.
+    pub fn end_exclusive(self) -> Option<DateTime<Utc>> {
+        match self {
+            DateArg::Date(d) => new_york_midnight(d.succ_opt()?),
+            DateArg::Instant(t) => Some(t + Duration::milliseconds(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    pub source: DataSource,
+    /// Empty: the source's configured symbols.
+    pub symbols: Vec<Symbol>,
+    pub from: DateArg,
+    pub to: DateArg,
+    pub timeframe: Option<Timeframe>,
+    pub force: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Polygon(#[from] PolygonError),
+    #[error(transparent)]
+    Drive(#[from] DriveError),
+}
+
+pub async fn backfill(
+    cfg: &Config,
+    opts: BackfillOptions,
+    shutdown: &Shutdown,
+    show_progress: bool,
+) -> Result<Summary, BackfillError> {
+    let usage = |m: String| BackfillError::Usage(m);
+    if opts.source != DataSource::Polygon {
+        return Err(usage(format!(
+            "backfill from {} is not built yet (only polygon)",
+            opts.source
+        )));
+    }
+    let polygon = cfg
+        .sources
+        .polygon
+        .as_ref()
+        .filter(|p| p.enabled)
+        .ok_or_else(|| {
+            usage("sources.polygon is not configured or not enabled: backfill needs its api_key and rest_url".into())
+        })?;
+    if let Some(tf) = opts.timeframe {
+        if tf != polygon.timeframe {
+            return Err(usage(format!(
+                "--timeframe {tf} differs from sources.polygon.timeframe {}: market_data holds one timeframe per source",
+                polygon.timeframe
+            )));
+        }
+    }
+    let symbols = if opts.symbols.is_empty() {
+        polygon.symbols.clone()
+    } else {
+        opts.symbols.clone()
+    };
+    if symbols.is_empty() {
+        return Err(usage("no symbols: give --symbols A,B".into()));
+    }
+    let (Some(from), Some(to)) = (opts.from.start(), opts.to.end_exclusive()) else {
+        return Err(usage("--from or --to is out of range".into()));
+    };
+    if from >= to {
+        return Err(usage("--from is after --to".into()));
+    }
+    let timeframe = polygon.timeframe;
+    let grid = windows(timeframe, from, to, Utc::now());
+    let rest = PolygonRest::new(polygon)?;
+    let range = Range {
+        source: DataSource::Polygon,
+        timeframe,
+        symbols,
+        first: grid.first().map_or(from, |w| w.0),
+        last: grid.last().map_or(from, |w| w.0),
+        since: Utc::now(),
+    };
+    let source = RestBackfill {
+        rest,
+        range,
+        grid,
+        force: opts.force,
+    };
+    Ok(driver::drive(cfg, source, shutdown, show_progress).await?)
+}
+
+struct RestBackfill {
+    rest: PolygonRest,
+    range: Range,
+    grid: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    force: bool,
+}
+
+/// What the workers share.
+struct Shared {
+    ctx: SourceContext,
+    rest: PolygonRest,
+    range: Range,
+    /// Symbols that failed this run, with why: their other windows are not claimed.
+    failed: Mutex<HashMap<Symbol, String>>,
+    /// A failure every request would meet (the key, the plan): all workers stop.
+    fatal: Mutex<Option<String>>,
+    tasks_done: AtomicU64,
+    fetched: AtomicU64,
+    progress: Mutex<Progress>,
+}
+
+impl Source for RestBackfill {
+    fn name(&self) -> &'static str {
+        "backfill"
+    }
+
+    fn data_source(&self) -> DataSource {
+        self.range.source
+    }
+
+    fn read_label(&self) -> &'static str {
+        "fetched"
+    }
+
+    async fn run(self, ctx: SourceContext) -> SourceEnd {
+        let mut end = SourceEnd::default();
+        let planned = match plan(&ctx, &self.range, &self.grid, self.force).await {
+            Ok(c) => c,
+            Err(e) => {
+                end.failed.push(format!("cannot plan the backfill: {e}"));
+                return end;
+            }
+        };
+        let todo = (planned.total - planned.done).max(0) as u64;
+        end.lines
+            .push(("tasks", format!("{todo} of {}", planned.total)));
+        if todo == 0 {
+            tracing::info!(
+                "nothing to fetch: all {} windows of this range are done (--force fetches them again)",
+                planned.total
+            );
+            return end;
+        }
+        let shared = Arc::new(Shared {
+            progress: Mutex::new(Progress::new(
+                "backfill",
+                todo,
+                Unit::Tasks,
+                ctx.show_progress(),
+            )),
+            ctx,
+            rest: self.rest,
+            range: self.range,
+            failed: Mutex::default(),
+            fatal: Mutex::default(),
+            tasks_done: AtomicU64::default(),
+            fetched: AtomicU64::default(),
+        });
+        let workers = (0..WORKERS.min(todo as usize)).map(|_| worker(shared.clone()));
+        for result in join_all(workers).await {
+            if let Err(e) = result {
+                lock(&shared.fatal).get_or_insert(e.to_string());
+            }
+        }
+        if let Ok(p) = shared.progress.lock() {
+            p.finish();
+        }
+        let mut failed: Vec<(Symbol, String)> = lock(&shared.failed).drain().collect();
+        failed.sort();
+        end.failed.extend(failed.into_iter().map(|(_, e)| e));
+        end.failed.extend(lock(&shared.fatal).take());
+        end
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn plan(
+    ctx: &SourceContext,
+    range: &Range,
+    grid: &[(DateTime<Utc>, DateTime<Utc>)],
+    force: bool,
+) -> Result<queue::Counts, DbError> {
+    let client = db::get(ctx.pool()).await?;
+    queue::plan(&client, range, grid, force).await
+}
+
+/// Claims and works tasks until none is left, the run stops, or a failure stops every worker.
+/// The claims belong to this worker's own session: if the process dies, so does the session,
+/// and its task is free at once.
+async fn worker(shared: Arc<Shared>) -> Result<(), DbError> {
+    let client = db::get(shared.ctx.pool()).await?;
+    loop {
+        if shared.ctx.stop().is_cancelled() || lock(&shared.fatal).is_some() {
+            return Ok(());
+        }
+        let skip: Vec<Symbol> = lock(&shared.failed).keys().cloned().collect();
+        let Some(task) = queue::claim(&client, &shared.range, &skip).await? else {
+            return Ok(());
+        };
+        let worked = with_lease(&client, &task, work(&shared, &task)).await;
+        match worked {
+            Ok(Some((bars, fetched_at))) => {
+                queue::finish(&client, &task, bars, fetched_at).await?;
+                let done = shared.tasks_done.fetch_add(1, Ordering::Relaxed) + 1;
+                let fetched = shared.fetched.load(Ordering::Relaxed);
+                let committed = shared.ctx.committed().written();
+                lock(&shared.progress).update(done, || {
+                    format!("{fetched} bars fetched, {committed} committed")
+                });
+            }
+            // Stopped, or the database given up: the task stays pending for the next run.
+            Ok(None) => {
+                queue::release(&client, &task, None).await?;
+                return Ok(());
+            }
+            Err(e) => {
+                let text = e.to_string();
+                queue::release(&client, &task, Some(&text)).await?;
+                match e.blame() {
+                    Blame::Account => {
+                        lock(&shared.fatal).get_or_insert(text);
+                        return Ok(());
+                    }
+                    Blame::Request | Blame::Unavailable => {
+                        shared.ctx.feeds().failed(&task.symbol, &text);
+                        lock(&shared.failed).insert(task.symbol.clone(), text);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` while renewing the task's lease.
+async fn with_lease<T>(
+    client: &tokio_postgres::Client,
+    task: &Task,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(queue::RENEW_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                if let Err(e) = queue::renew(client, task).await {
+                    tracing::warn!(error = %e, symbol = %task.symbol, "cannot renew a backfill task's lease");
+                }
+            }
+        }
+    }
+}
+
+/// Fetches one window and waits until its bars are committed. `Ok(None)` when the run stopped
+/// first; `Ok(Some((bars, fetched_at)))` once done.
+async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, DateTime<Utc>)>, PolygonError> {
+    let ctx = &shared.ctx;
+    let fetched_at = Utc::now();
+    // The window's future part has no bars yet (and a simulator would invent them).
+    let to = (task.end - Duration::milliseconds(1)).min(fetched_at);
+    let mut pager = shared
+        .rest
+        .pages(&task.symbol, task.timeframe, task.start, to);
+    let mut bars = 0i64;
+    loop {
+        let page = tokio::select! {
+            p = pager.next() => p?,
+            _ = ctx.stop().cancelled() => return Ok(None),
+        };
+        let Some(page) = page else { break };
+        let n = page.bars.len() + page.rejections.len();
+        bars += page.bars.len() as i64;
+        shared.fetched.fetch_add(n as u64, Ordering::Relaxed);
+        if n == 0 {
+            continue;
+        }
+        if !page.bars.is_empty() {
+            ctx.feeds().touched(&task.symbol);
+        }
+        let chunk = Chunk::new(Mode::Backfill, page.bars, page.rejections);
+        if ctx.send(chunk).await.is_err() {
+            return Ok(None);
+        }
+    }
+    // Done only once every bar of the window is committed.
+    match ctx.committed_through(&task.symbol).await {
+        Some(()) => Ok(Some((bars, fetched_at))),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn windows_lie_on_a_fixed_grid() {
+        let now = t("2030-01-01T00:00:00Z");
+        let a = windows(
+            Timeframe::M1,
+            t("2024-01-02T05:00:00Z"),
+            t("2024-03-01T05:00:00Z"),
+            now,
+        );
+        let b = windows(
+            Timeframe::M1,
+            t("2024-01-20T05:00:00Z"),
+            t("2024-02-10T05:00:00Z"),
+            now,
+        );
+        assert!(a.len() >= 2);
+        // Overlapping ranges share their windows.
+        assert!(b.iter().all(|w| a.contains(w)));
+        for (s, e) in &a {
+            assert_eq!(*e - *s, Duration::days(30));
+            assert_eq!((s.timestamp() - GRID_ORIGIN_SECS) % (30 * 86_400), 0);
+        }
+        assert!(a[0].0 <= t("2024-01-02T05:00:00Z"));
+        assert!(a.last().unwrap().1 >= t("2024-03-01T05:00:00Z"));
+        // None starts in the future.
+        let soon = windows(Timeframe::M1, now, now + Duration::days(100), now);
+        assert_eq!(soon.len(), 1);
+        // 30 days of minutes fit in one page of 50,000.
+        assert!(window_len(Timeframe::M1).num_minutes() <= 50_000);
+    }
+
+    #[test]
+    fn dates_are_new_york_days_and_instants_exact() {
+        let d: DateArg = "2024-01-02".parse().unwrap();
+        assert_eq!(d.start(), Some(t("2024-01-02T05:00:00Z")));
+        assert_eq!(d.end_exclusive(), Some(t("2024-01-03T05:00:00Z")));
+        let summer: DateArg = "2024-07-01".parse().unwrap();
+        assert_eq!(summer.start(), Some(t("2024-07-01T04:00:00Z")));
+        let i: DateArg = "2024-01-02T14:30:00Z".parse().unwrap();
+        assert_eq!(i.start(), Some(t("2024-01-02T14:30:00Z")));
+        assert!("yesterday".parse::<DateArg>().is_err());
+        assert!("2024-13-01".parse::<DateArg>().is_err());
+    }
+}

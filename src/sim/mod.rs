@@ -1,0 +1,303 @@
+//! `mdingest-sim`: a deterministic simulator of Polygon's REST aggregates endpoint, for testing
+//! the Polygon adapter (paging, authentication, rate limits, transport failures) without the
+//! network, and for comparing what landed in the database with what exists ([`series`]).
+//!
+//! It is a small HTTP/1.1 server on raw tokio rather than a web framework because its point is
+//! the faults: a body cut short of its `Content-Length`, a reset before any byte, a body dribbled
+//! over seconds. Those happen at the byte level, which a framework deliberately hides.
+//!
+//! Only `GET /v2/aggs/ticker/{T}/range/{multiplier}/{timespan}/{from}/{to}` is served, with
+//! Polygon's shapes for bodies and errors. The key must come in `Authorization: Bearer`; the
+//! `apiKey` query parameter is refused, so a client that leaks its key into URLs fails its tests.
+//! The simulator binds loopback addresses only: it serves with a known key.
+
+mod api;
+mod http;
+mod series;
+mod server;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use series::{series, SimBar};
+
+use server::{lock, Shared};
+
+/// What the simulator serves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Expected in `Authorization: Bearer <key>`.
+    pub api_key: String,
+    /// Known tickers (case-sensitive); any other is 404.
+    pub symbols: Vec<String>,
+    /// Bars exist only at or after this instant, when set.
+    pub data_from: Option<DateTime<Utc>>,
+    /// Bars exist only at or before this instant, when set.
+    pub data_to: Option<DateTime<Utc>>,
+    /// Most bars in one page, whatever the request's `limit` (at least 1).
+    pub page_size: usize,
+    /// Slept before every response.
+    pub latency: Duration,
+    /// Consumed one per well-formed request, in order; once empty, requests are answered
+    /// normally. More can be added with [`Simulator::push_faults`].
+    pub faults: Vec<Fault>,
+    /// Standing answers for particular tickers (after authentication).
+    pub symbol_faults: HashMap<String, SymbolFault>,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            api_key: "sim-key".to_string(),
+            symbols: vec!["AAPL".to_string(), "MSFT".to_string()],
+            data_from: None,
+            data_to: None,
+            page_size: 50_000,
+            latency: Duration::ZERO,
+            faults: Vec::new(),
+            symbol_faults: HashMap::new(),
+        }
+    }
+}
+
+/// A one-request failure, taken from the queue in place of the normal answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answered normally; a placeholder that lets a later fault hit a later request.
+    None,
+    /// 429 with `Retry-After`.
+    TooManyRequests { retry_after_secs: u64 },
+    /// 500 `{"status":"ERROR","request_id":…,"error":"internal error"}`.
+    ServerError,
+    /// 401 as for an unknown key, whatever the key.
+    Unauthorized,
+    /// The normal answer's head, with a `Content-Length` larger than what follows: half the body
+    /// is sent, then the connection is closed.
+    TruncatedBody,
+    /// The connection is reset (RST) before any byte of the answer.
+    ConnectionReset,
+    /// The normal answer, its body dribbled out over `total`.
+    SlowBody { total: Duration },
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    /// `none`, `429` or `429:SECS`, `500`, `401`, `truncate`, `reset`, `slow:MS`.
+    fn from_str(s: &str) -> Result<Fault, String> {
+        let number = |v: &str, what: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("fault {s:?}: {what} must be a whole number"))
+        };
+        match s.split_once(':') {
+            None => match s {
+                "none" => Ok(Fault::None),
+                "429" => Ok(Fault::TooManyRequests {
+                    retry_after_secs: 1,
+                }),
+                "500" => Ok(Fault::ServerError),
+                "401" => Ok(Fault::Unauthorized),
+                "truncate" => Ok(Fault::TruncatedBody),
+                "reset" => Ok(Fault::ConnectionReset),
+                _ => Err(format!(
+                    "unknown fault {s:?} (expected none, 429[:SECS], 500, 401, truncate, reset or slow:MS)"
+                )),
+            },
+            Some(("429", secs)) => Ok(Fault::TooManyRequests {
+                retry_after_secs: number(secs, "Retry-After seconds")?,
+            }),
+            Some(("slow", ms)) => Ok(Fault::SlowBody {
+                total: Duration::from_millis(number(ms, "milliseconds")?),
+            }),
+            Some(_) => Err(format!(
+                "unknown fault {s:?} (expected none, 429[:SECS], 500, 401, truncate, reset or slow:MS)"
+            )),
+        }
+    }
+}
+
+/// A standing answer for one ticker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymbolFault {
+    /// 404 `{"status":"NOT_FOUND",…,"message":"Ticker not found."}`.
+    NotFound,
+    /// 403 `{"status":"NOT_AUTHORIZED",…,"message":"You are not entitled to this data…"}`.
+    Forbidden,
+    /// 500 on every request.
+    ServerError,
+}
+
+impl FromStr for SymbolFault {
+    type Err = String;
+
+    /// `404`, `403` or `500`.
+    fn from_str(s: &str) -> Result<SymbolFault, String> {
+        match s {
+            "404" => Ok(SymbolFault::NotFound),
+            "403" => Ok(SymbolFault::Forbidden),
+            "500" => Ok(SymbolFault::ServerError),
+            _ => Err(format!(
+                "unknown symbol fault {s:?} (expected 404, 403 or 500)"
+            )),
+        }
+    }
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub method: String,
+    /// Path and query exactly as received (an `apiKey` included: that is what tests look for).
+    pub target: String,
+    /// The `Authorization` header, verbatim.
+    pub authorization: Option<String>,
+    /// The ticker of an aggregates path, percent-decoded.
+    pub symbol: Option<String>,
+    /// The path's `from`, as inclusive epoch milliseconds (a date: its first millisecond in New
+    /// York).
+    pub from_ms: Option<i64>,
+    /// The path's `to`, as inclusive epoch milliseconds (a date: its last millisecond).
+    pub to_ms: Option<i64>,
+    /// The status sent; 0 when the connection was reset instead.
+    pub status: u16,
+    /// Bars in the body as delivered: 0 for a truncated body.
+    pub bars: usize,
+    /// When the request head was complete.
+    pub at: Instant,
+    /// The queued fault this request consumed, if any.
+    pub fault: Option<Fault>,
+}
+
+/// A running simulator. Stops when dropped (pending connections are aborted too).
+pub struct Simulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Serves on an ephemeral port of 127.0.0.1.
+    pub async fn start(cfg: SimConfig) -> io::Result<Simulator> {
+        Simulator::start_on(cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Serves on `addr`, which must be a loopback address. Call from within a tokio runtime.
+    pub async fn start_on(cfg: SimConfig, addr: SocketAddr) -> io::Result<Simulator> {
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{addr} is not a loopback address: the simulator serves a known key, so it binds loopback only"),
+            ));
+        }
+        if cfg.page_size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "page_size must be at least 1",
+            ));
+        }
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let api = api::Api {
+            api_key: cfg.api_key,
+            symbols: cfg.symbols.into_iter().collect(),
+            symbol_faults: cfg.symbol_faults,
+            data_from_ms: cfg.data_from.map(|d| d.timestamp_millis()),
+            data_to_ms: cfg.data_to.map(|d| d.timestamp_millis()),
+            page_size: cfg.page_size,
+            base_url: format!("http://{addr}"),
+        };
+        let shared = Arc::new(Shared::new(api, cfg.latency, cfg.faults));
+        let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared)));
+        Ok(Simulator {
+            shared,
+            addr,
+            accept: Some(accept),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn base_url(&self) -> String {
+        self.shared.api.base_url.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request seen so far, in arrival order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.shared.records).clone()
+    }
+
+    /// Queues more faults behind those not yet consumed.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        lock(&self.shared.faults).extend(faults);
+    }
+
+    /// Stops accepting and aborts open connections; the port is free when this returns.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.accept.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        if let Some(task) = self.accept.take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!(
+            "429:2".parse(),
+            Ok(Fault::TooManyRequests {
+                retry_after_secs: 2
+            })
+        );
+        assert_eq!(
+            "slow:2000".parse(),
+            Ok(Fault::SlowBody {
+                total: Duration::from_secs(2)
+            })
+        );
+        assert_eq!("reset".parse(), Ok(Fault::ConnectionReset));
+        assert_eq!("truncate".parse(), Ok(Fault::TruncatedBody));
+        assert!("slow".parse::<Fault>().is_err());
+        assert!("429:x".parse::<Fault>().is_err());
+        assert!("418".parse::<Fault>().is_err());
+        assert_eq!("403".parse(), Ok(SymbolFault::Forbidden));
+        assert!("402".parse::<SymbolFault>().is_err());
+    }
+
+    #[tokio::test]
+    async fn refuses_non_loopback_and_empty_pages() {
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        let e = Simulator::start_on(SimConfig::default(), any)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let cfg = SimConfig {
+            page_size: 0,
+            ..SimConfig::default()
+        };
+        assert!(Simulator::start(cfg).await.is_err());
+    }
+}

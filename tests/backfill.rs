@@ -1,0 +1,486 @@
+//! `mdingest backfill --source polygon` against the simulator (`mdingest::sim`) and a real
+//! PostgreSQL: paging, faults, exact values, the key kept out of URLs and logs, the work queue
+//! through `kill -9` and concurrent runs, failing symbols and rejected rows.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use mdingest::domain::Timeframe;
+use mdingest::sim::{self, Fault, SimConfig, Simulator, SymbolFault};
+use rust_decimal::Decimal;
+
+const KEY: &str = "sim-secret-key-3141";
+/// Three windows of the 30-day grid (2024-01-03 .. 2024-04-01), weekdays only in the simulator.
+const FROM: &str = "2024-01-10";
+const TO: &str = "2024-03-05";
+
+fn sim_config(symbols: &[&str]) -> SimConfig {
+    SimConfig {
+        api_key: KEY.into(),
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        ..SimConfig::default()
+    }
+}
+
+/// A config file for the binary: the test database and the simulator as Polygon.
+fn config(db: &TestDb, dir: &Path, sim: &Simulator, extra: &str) -> PathBuf {
+    db.config_file(
+        dir,
+        &format!(
+            "[sources.polygon]\napi_key = \"{KEY}\"\nrest_url = \"{}\"\nsymbols = [\"AAPL\"]\n\
+             timeframe = \"1m\"\nstream = false\nrequests_per_minute = 6000\n{extra}",
+            sim.base_url()
+        ),
+    )
+}
+
+fn args<'a>(cfg: &'a Path, symbols: &'a str, from: &'a str, to: &'a str) -> Vec<&'a str> {
+    vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "backfill",
+        "--source",
+        "polygon",
+        "--symbols",
+        symbols,
+        "--from",
+        from,
+        "--to",
+        to,
+    ]
+}
+
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Measured {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("POLYGON_API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    tokio::task::spawn_blocking(move || wait_measured(child))
+        .await
+        .unwrap()
+}
+
+/// The grid windows the range covers.
+fn grid(from: &str, to: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let from: mdingest::backfill::DateArg = from.parse().unwrap();
+    let to: mdingest::backfill::DateArg = to.parse().unwrap();
+    mdingest::backfill::windows(
+        Timeframe::M1,
+        from.start().unwrap(),
+        to.end_exclusive().unwrap(),
+        Utc::now(),
+    )
+}
+
+type Row = (Decimal, Decimal, Decimal, Decimal, i64);
+
+/// What the simulator holds for `symbols` over the range's windows, as stored rows.
+fn expected(symbols: &[&str], from: &str, to: &str) -> BTreeMap<(String, i64), Row> {
+    let mut out = BTreeMap::new();
+    for (start, end) in grid(from, to) {
+        for s in symbols {
+            let last = end - chrono::Duration::milliseconds(1);
+            for b in sim::series(s, Timeframe::M1, start, last) {
+                out.insert(
+                    (s.to_string(), b.t_ms),
+                    (b.open, b.high, b.low, b.close, b.volume),
+                );
+            }
+        }
+    }
+    out
+}
+
+async fn stored(db: &TestDb) -> BTreeMap<(String, i64), Row> {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT symbol, (extract(epoch FROM timestamp) * 1000)::int8, open, high, low, close, volume
+             FROM data_ingestion.market_data WHERE data_source = 'polygon'",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
+            )
+        })
+        .collect()
+}
+
+/// `(symbol, from_ms)` of every aggregates request that got an answer with bars or none.
+fn windows_requested(sim: &Simulator) -> Vec<(String, i64)> {
+    let mut w: Vec<(String, i64)> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 200 && !r.target.contains("cursor="))
+        .filter_map(|r| Some((r.symbol?, r.from_ms?)))
+        .collect();
+    w.sort();
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_pages_and_lands_every_bar_exactly_with_the_key_only_in_a_header() {
+    let db = TestDb::migrated("bf_paging").await;
+    let sim = Simulator::start(SimConfig {
+        page_size: 3000,
+        ..sim_config(&["AAPL", "MSFT"])
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let out = run(&args(&cfg, "AAPL,MSFT", FROM, TO), &[("RUST_LOG", "trace")]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let want = expected(&["AAPL", "MSFT"], FROM, TO);
+    let got = stored(&db).await;
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "stored rows differ from the simulator's series"
+    );
+    // Fractional and scientific volumes were among them, rounded half away from zero.
+    let wires: Vec<String> = grid(FROM, TO)
+        .iter()
+        .flat_map(|(s, e)| sim::series("AAPL", Timeframe::M1, *s, *e))
+        .map(|b| b.volume_wire)
+        .collect();
+    assert!(
+        wires.iter().any(|v| v.contains('e')),
+        "no scientific volume"
+    );
+    assert!(
+        wires.iter().any(|v| v.contains('.') && !v.ends_with(".0")),
+        "no fractional volume"
+    );
+    let requests = sim.requests();
+    let pages = requests
+        .iter()
+        .filter(|r| r.target.contains("cursor="))
+        .count();
+    assert!(pages >= 3, "{pages} follow-up pages");
+    for r in &requests {
+        assert!(!r.target.contains(KEY), "key in a URL: {}", r.target);
+        assert_eq!(r.authorization.as_deref(), Some(&*format!("Bearer {KEY}")));
+        assert!(r.target.contains("adjusted=false") && r.target.contains("sort=asc"));
+    }
+    assert!(!out.stderr.contains(KEY), "the key is in the log");
+    assert!(!out.stdout.contains(KEY));
+    assert_eq!(
+        summary_value(&out.stdout, "inserted"),
+        want.len().to_string()
+    );
+    let states: Vec<String> = db
+        .column("SELECT DISTINCT state || ' ' || mode FROM data_ingestion.ingestion_status")
+        .await;
+    assert_eq!(states, ["completed backfill"]);
+
+    // The same range again: every window is done, nothing is fetched.
+    let before = sim.requests().len();
+    let again = run(&args(&cfg, "AAPL,MSFT", FROM, TO), &[]).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert_eq!(
+        sim.requests().len(),
+        before,
+        "a finished range fetched again"
+    );
+    assert!(
+        again.stderr.contains("nothing to fetch"),
+        "{}",
+        again.stderr
+    );
+    // --force plans it again; identical rows are left unchanged.
+    let mut forced = args(&cfg, "AAPL,MSFT", FROM, TO);
+    forced.push("--force");
+    let forced = run(&forced, &[]).await;
+    assert_eq!(forced.code, Some(0), "{}", forced.stderr);
+    assert_eq!(
+        summary_value(&forced.stdout, "unchanged"),
+        want.len().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_are_retried_and_retry_after_is_honoured() {
+    let db = TestDb::migrated("bf_faults").await;
+    let sim = Simulator::start(SimConfig {
+        faults: vec![
+            Fault::TooManyRequests {
+                retry_after_secs: 2,
+            },
+            Fault::ServerError,
+            Fault::TruncatedBody,
+            Fault::ConnectionReset,
+        ],
+        ..sim_config(&["AAPL"])
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let out = run(&args(&cfg, "AAPL", "2024-01-10", "2024-01-12"), &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        stored(&db).await,
+        expected(&["AAPL"], "2024-01-10", "2024-01-12")
+    );
+    let requests = sim.requests();
+    assert_eq!(requests[0].status, 429);
+    assert!(
+        requests[1].at.duration_since(requests[0].at) >= Duration::from_secs(2),
+        "retried before Retry-After"
+    );
+    assert_eq!(requests[1].status, 500);
+    assert_eq!(requests.last().unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_is_one_clear_error() {
+    let db = TestDb::migrated("bf_401").await;
+    let sim = Simulator::start(SimConfig {
+        api_key: "another-key".into(),
+        ..sim_config(&["AAPL"])
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let out = run(&args(&cfg, "AAPL,MSFT", "2024-01-10", "2024-03-05"), &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(errors[0].contains("401"), "{}", out.stderr);
+    assert!(errors[0].contains("api_key"), "{}", out.stderr);
+    assert!(!out.stderr.contains(KEY));
+    // Not retried, and the other workers stopped too.
+    assert!(
+        sim.requests().len() <= 4,
+        "{} requests",
+        sim.requests().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weekend_has_no_bars_and_a_failing_symbol_is_named_while_the_rest_load() {
+    let db = TestDb::migrated("bf_symbol").await;
+    let sim = Simulator::start(SimConfig {
+        symbol_faults: HashMap::from([("NOPE".to_string(), SymbolFault::NotFound)]),
+        ..sim_config(&["AAPL", "MSFT", "NOPE"])
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let out = run(&args(&cfg, "AAPL,NOPE,MSFT", FROM, TO), &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("NOPE"), "{}", out.stderr);
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
+    assert_eq!(stored(&db).await, expected(&["AAPL", "MSFT"], FROM, TO));
+    let nope: Vec<String> = db
+        .column("SELECT state FROM data_ingestion.ingestion_status WHERE symbol = 'NOPE'")
+        .await;
+    assert!(nope.iter().all(|s| s == "error"), "{nope:?}");
+
+    // A window without a bar (answers without `results`): fetched, empty, and done.
+    let empty = Simulator::start(SimConfig {
+        data_to: Some("2023-01-01T00:00:00Z".parse().unwrap()),
+        ..sim_config(&["AAPL"])
+    })
+    .await
+    .unwrap();
+    let db = TestDb::migrated("bf_empty").await;
+    let cfg = config(&db, dir.path(), &empty, "");
+    let out = run(&args(&cfg, "AAPL", "2024-01-06", "2024-01-07"), &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(summary_value(&out.stdout, "fetched"), "0");
+    assert_eq!(empty.requests().len(), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE state = 'done'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_a_rerun_fetches_only_what_is_left() {
+    let db = TestDb::migrated("bf_kill").await;
+    let sim = Simulator::start(SimConfig {
+        latency: Duration::from_millis(400),
+        page_size: 2000,
+        ..sim_config(&["AAPL", "MSFT", "IBM"])
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let a = args(&cfg, "AAPL,MSFT,IBM", FROM, TO);
+    let child = spawn_mdingest(&a);
+    wait_for_rows(
+        &db,
+        "SELECT count(*) FROM data_ingestion.backfill_tasks WHERE state = 'done'",
+    )
+    .await;
+    signal(&child, libc::SIGKILL);
+    let _ = tokio::task::spawn_blocking(move || wait_measured(child)).await;
+    let left: Vec<(String, i64)> = {
+        let rows = db
+            .client()
+            .await
+            .query(
+                "SELECT symbol, (extract(epoch FROM window_start) * 1000)::int8
+                 FROM data_ingestion.backfill_tasks WHERE state = 'pending' ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let total = 3 * grid(FROM, TO).len();
+    assert!(!left.is_empty() && left.len() < total, "{left:?}");
+    let first_run = sim.requests().len();
+    let out = run(&a, &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut rerun: Vec<(String, i64)> = sim.requests()[first_run..]
+        .iter()
+        .filter(|r| !r.target.contains("cursor="))
+        .filter_map(|r| Some((r.symbol.clone()?, r.from_ms?)))
+        .collect();
+    rerun.sort();
+    assert_eq!(
+        rerun, left,
+        "the re-run fetched other windows than those left"
+    );
+    assert_eq!(
+        stored(&db).await,
+        expected(&["AAPL", "MSFT", "IBM"], FROM, TO)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_backfills_share_the_work_and_fetch_each_window_once() {
+    let db = TestDb::migrated("bf_shared").await;
+    let symbols = ["AAPL", "MSFT", "IBM", "ORCL"];
+    let sim = Simulator::start(SimConfig {
+        latency: Duration::from_millis(100),
+        ..sim_config(&symbols)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let a = args(&cfg, "AAPL,MSFT,IBM,ORCL", FROM, TO);
+    let (one, two) = tokio::join!(run(&a, &[]), run(&a, &[]));
+    assert_eq!(one.code, Some(0), "{}", one.stderr);
+    assert_eq!(two.code, Some(0), "{}", two.stderr);
+    let fetched = windows_requested(&sim);
+    let mut unique = fetched.clone();
+    unique.dedup();
+    assert_eq!(fetched, unique, "a window was fetched twice");
+    assert_eq!(fetched.len(), symbols.len() * grid(FROM, TO).len());
+    assert_eq!(stored(&db).await, expected(&symbols, FROM, TO));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeframe_other_than_the_configured_one_is_refused() {
+    let db = TestDb::migrated("bf_tf").await;
+    let sim = Simulator::start(sim_config(&["AAPL"])).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let mut a = args(&cfg, "AAPL", FROM, TO);
+    a.extend(["--timeframe", "1d"]);
+    let out = run(&a, &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("sources.polygon.timeframe"),
+        "{}",
+        out.stderr
+    );
+    assert!(sim.requests().is_empty());
+    let bad = run(&args(&cfg, "AAPL", "2024-02-30", TO), &[]).await;
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_reaching_past_now_is_fetched_again_by_the_next_run() {
+    let db = TestDb::migrated("bf_today").await;
+    let sim = Simulator::start(sim_config(&["AAPL"])).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let ny = Utc::now()
+        .with_timezone(&chrono_tz::America::New_York)
+        .date_naive();
+    let today = ny.to_string();
+    let a = args(&cfg, "AAPL", &today, &today);
+    let out = run(&a, &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let pending = db
+        .count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE state = 'pending' AND window_end > now()")
+        .await;
+    assert_eq!(pending, 1, "today's window was marked done");
+    let before = sim.requests().len();
+    let again = run(&a, &[]).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(
+        sim.requests().len() > before,
+        "today's window was not fetched again"
+    );
+    // Nothing in the future was asked for or stored.
+    let future = db
+        .count("SELECT count(*) FROM data_ingestion.market_data WHERE timestamp > now()")
+        .await;
+    assert_eq!(future, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_143() {
+    let db = TestDb::migrated("bf_sigterm").await;
+    let sim = Simulator::start(SimConfig {
+        latency: Duration::from_millis(300),
+        page_size: 500,
+        ..sim_config(&["AAPL", "MSFT"])
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    let child = spawn_mdingest(&args(&cfg, "AAPL,MSFT", FROM, TO));
+    wait_for_rows(&db, "SELECT count(*) FROM data_ingestion.market_data").await;
+    signal(&child, libc::SIGTERM);
+    let out = tokio::task::spawn_blocking(move || wait_measured(child))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(143), "{}\n{}", out.stdout, out.stderr);
+    let inserted: i64 = summary_value(&out.stdout, "inserted").parse().unwrap();
+    let fetched: i64 = summary_value(&out.stdout, "fetched").parse().unwrap();
+    assert_eq!(inserted, db.stored().await);
+    assert_eq!(fetched, inserted, "every bar fetched was committed");
+    assert!(inserted < expected(&["AAPL", "MSFT"], FROM, TO).len() as i64);
+    let running = db
+        .count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'running'")
+        .await;
+    assert_eq!(running, 0);
+    let leased = db
+        .count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE lease_pid IS NOT NULL")
+        .await;
+    assert_eq!(leased, 0, "a stopped run keeps no task");
+}
