@@ -179,10 +179,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             format: ImportFormat::PolygonFlatfile,
             paths,
         } => {
-            let shutdown = Shutdown::new();
-            shutdown
-                .listen_for_signals()
-                .context("cannot listen for signals")?;
+            let shutdown = listening()?;
             let summary = import::import(&cfg, paths, &shutdown, true).await?;
             Ok(finish(&summary))
         }
@@ -194,10 +191,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             timeframe,
             force,
         } => {
-            let shutdown = Shutdown::new();
-            shutdown
-                .listen_for_signals()
-                .context("cannot listen for signals")?;
+            let shutdown = listening()?;
             let opts = BackfillOptions {
                 source,
                 symbols,
@@ -210,6 +204,15 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             Ok(finish(&summary))
         }
     }
+}
+
+/// The shutdown of a long command, listening for SIGINT and SIGTERM.
+fn listening() -> anyhow::Result<Shutdown> {
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .context("cannot listen for signals")?;
+    Ok(shutdown)
 }
 
 /// Prints the summary and the lines that explain a non-zero exit; returns the exit code.

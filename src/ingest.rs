@@ -110,8 +110,10 @@ impl Rejection {
                 "{} {} {}",
                 self.source,
                 self.symbol.as_deref().unwrap_or("-"),
-                self.bar_timestamp
-                    .map_or_else(|| "-".to_string(), |t| t.to_rfc3339())
+                self.bar_timestamp.map_or_else(
+                    || "-".to_string(),
+                    |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                )
             ),
         };
         let reason = d.get("reason").and_then(|r| r.as_str()).unwrap_or("");

@@ -27,6 +27,15 @@ fn sim_config(symbols: &[&str]) -> SimConfig {
     }
 }
 
+/// A migrated database, a simulator and a config file for the binary pointing at both.
+async fn setup(tag: &str, sim: SimConfig) -> (TestDb, Simulator, tempfile::TempDir, PathBuf) {
+    let db = TestDb::migrated(tag).await;
+    let sim = Simulator::start(sim).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim, "");
+    (db, sim, dir, cfg)
+}
+
 /// A config file for the binary: the test database and the simulator as Polygon.
 fn config(db: &TestDb, dir: &Path, sim: &Simulator, extra: &str) -> PathBuf {
     db.config_file(
@@ -137,15 +146,14 @@ fn windows_requested(sim: &Simulator) -> Vec<(String, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_pages_and_lands_every_bar_exactly_with_the_key_only_in_a_header() {
-    let db = TestDb::migrated("bf_paging").await;
-    let sim = Simulator::start(SimConfig {
-        page_size: 3000,
-        ..sim_config(&["AAPL", "MSFT"])
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (db, sim, _dir, cfg) = setup(
+        "bf_paging",
+        SimConfig {
+            page_size: 3000,
+            ..sim_config(&["AAPL", "MSFT"])
+        },
+    )
+    .await;
     let out = run(&args(&cfg, "AAPL,MSFT", FROM, TO), &[("RUST_LOG", "trace")]).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let want = expected(&["AAPL", "MSFT"], FROM, TO);
@@ -218,22 +226,21 @@ async fn a_backfill_pages_and_lands_every_bar_exactly_with_the_key_only_in_a_hea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_server_errors_are_retried_and_retry_after_is_honoured() {
-    let db = TestDb::migrated("bf_faults").await;
-    let sim = Simulator::start(SimConfig {
-        faults: vec![
-            Fault::TooManyRequests {
-                retry_after_secs: 2,
-            },
-            Fault::ServerError,
-            Fault::TruncatedBody,
-            Fault::ConnectionReset,
-        ],
-        ..sim_config(&["AAPL"])
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (db, sim, _dir, cfg) = setup(
+        "bf_faults",
+        SimConfig {
+            faults: vec![
+                Fault::TooManyRequests {
+                    retry_after_secs: 2,
+                },
+                Fault::ServerError,
+                Fault::TruncatedBody,
+                Fault::ConnectionReset,
+            ],
+            ..sim_config(&["AAPL"])
+        },
+    )
+    .await;
     let out = run(&args(&cfg, "AAPL", "2024-01-10", "2024-01-12"), &[]).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(
@@ -252,15 +259,14 @@ async fn throttling_and_server_errors_are_retried_and_retry_after_is_honoured() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_is_one_clear_error() {
-    let db = TestDb::migrated("bf_401").await;
-    let sim = Simulator::start(SimConfig {
-        api_key: "another-key".into(),
-        ..sim_config(&["AAPL"])
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (_db, sim, _dir, cfg) = setup(
+        "bf_401",
+        SimConfig {
+            api_key: "another-key".into(),
+            ..sim_config(&["AAPL"])
+        },
+    )
+    .await;
     let out = run(&args(&cfg, "AAPL,MSFT", "2024-01-10", "2024-03-05"), &[]).await;
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let errors: Vec<&str> = out
@@ -282,15 +288,14 @@ async fn a_wrong_key_is_one_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekend_has_no_bars_and_a_failing_symbol_is_named_while_the_rest_load() {
-    let db = TestDb::migrated("bf_symbol").await;
-    let sim = Simulator::start(SimConfig {
-        symbol_faults: HashMap::from([("NOPE".to_string(), SymbolFault::NotFound)]),
-        ..sim_config(&["AAPL", "MSFT", "NOPE"])
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (db, _sim, dir, cfg) = setup(
+        "bf_symbol",
+        SimConfig {
+            symbol_faults: HashMap::from([("NOPE".to_string(), SymbolFault::NotFound)]),
+            ..sim_config(&["AAPL", "MSFT", "NOPE"])
+        },
+    )
+    .await;
     let out = run(&args(&cfg, "AAPL,NOPE,MSFT", FROM, TO), &[]).await;
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("NOPE"), "{}", out.stderr);
@@ -323,16 +328,15 @@ async fn a_weekend_has_no_bars_and_a_failing_symbol_is_named_while_the_rest_load
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_a_rerun_fetches_only_what_is_left() {
-    let db = TestDb::migrated("bf_kill").await;
-    let sim = Simulator::start(SimConfig {
-        latency: Duration::from_millis(400),
-        page_size: 2000,
-        ..sim_config(&["AAPL", "MSFT", "IBM"])
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (db, sim, _dir, cfg) = setup(
+        "bf_kill",
+        SimConfig {
+            latency: Duration::from_millis(400),
+            page_size: 2000,
+            ..sim_config(&["AAPL", "MSFT", "IBM"])
+        },
+    )
+    .await;
     let a = args(&cfg, "AAPL,MSFT,IBM", FROM, TO);
     let child = spawn_mdingest(&a);
     wait_for_rows(
@@ -402,10 +406,7 @@ async fn two_concurrent_backfills_share_the_work_and_fetch_each_window_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeframe_other_than_the_configured_one_is_refused() {
-    let db = TestDb::migrated("bf_tf").await;
-    let sim = Simulator::start(sim_config(&["AAPL"])).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (_db, sim, _dir, cfg) = setup("bf_tf", sim_config(&["AAPL"])).await;
     let mut a = args(&cfg, "AAPL", FROM, TO);
     a.extend(["--timeframe", "1d"]);
     let out = run(&a, &[]).await;
@@ -422,10 +423,7 @@ async fn a_timeframe_other_than_the_configured_one_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_reaching_past_now_is_fetched_again_by_the_next_run() {
-    let db = TestDb::migrated("bf_today").await;
-    let sim = Simulator::start(sim_config(&["AAPL"])).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (db, sim, _dir, cfg) = setup("bf_today", sim_config(&["AAPL"])).await;
     let ny = Utc::now()
         .with_timezone(&chrono_tz::America::New_York)
         .date_naive();
@@ -453,16 +451,15 @@ async fn a_window_reaching_past_now_is_fetched_again_by_the_next_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_143() {
-    let db = TestDb::migrated("bf_sigterm").await;
-    let sim = Simulator::start(SimConfig {
-        latency: Duration::from_millis(300),
-        page_size: 500,
-        ..sim_config(&["AAPL", "MSFT"])
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&db, dir.path(), &sim, "");
+    let (db, _sim, _dir, cfg) = setup(
+        "bf_sigterm",
+        SimConfig {
+            latency: Duration::from_millis(300),
+            page_size: 500,
+            ..sim_config(&["AAPL", "MSFT"])
+        },
+    )
+    .await;
     let child = spawn_mdingest(&args(&cfg, "AAPL,MSFT", FROM, TO));
     wait_for_rows(&db, "SELECT count(*) FROM data_ingestion.market_data").await;
     signal(&child, libc::SIGTERM);
@@ -483,4 +480,48 @@ async fn sigterm_stops_fetching_commits_what_was_fetched_and_exits_143() {
         .count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE lease_pid IS NOT NULL")
         .await;
     assert_eq!(leased, 0, "a stopped run keeps no task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_bars_are_logged_named_on_the_console_and_the_rest_load() {
+    let (db, _sim, _dir, cfg) = setup(
+        "bf_rejects",
+        SimConfig {
+            symbol_faults: HashMap::from([("AAPL".to_string(), SymbolFault::InconsistentBars)]),
+            ..sim_config(&["AAPL"])
+        },
+    )
+    .await;
+    let out = run(&args(&cfg, "AAPL", "2024-01-10", "2024-01-12"), &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let all = expected(&["AAPL"], "2024-01-10", "2024-01-12");
+    let (bad, good): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|((_, t), _)| sim::is_inconsistent(*t));
+    assert!(bad.len() > 21, "{} spoiled bars", bad.len());
+    assert_eq!(stored(&db).await, good.into_iter().collect());
+    assert_eq!(
+        summary_value(&out.stdout, "rejected"),
+        bad.len().to_string()
+    );
+    let logged = db
+        .count("SELECT count(DISTINCT bar_timestamp) FROM data_ingestion.data_quality_logs WHERE check_name = 'high_below_open_close' AND symbol = 'AAPL'")
+        .await;
+    assert_eq!(logged, bad.len() as i64);
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 21, "{}", out.stderr);
+    assert!(
+        warnings[0].contains("polygon AAPL 20") && warnings[0].contains("high_below_open_close"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[20].contains(&format!("{} more rejected rows", bad.len() - 20)),
+        "{}",
+        warnings[20]
+    );
 }

@@ -82,11 +82,13 @@ pub(crate) fn rate_limited(id: &str, retry_after_secs: u64) -> Answer {
     a
 }
 
-fn symbol_fault(id: &str, fault: SymbolFault) -> Answer {
+/// The error a standing fault answers with; `None` for faults that answer with data.
+fn symbol_fault(id: &str, fault: SymbolFault) -> Option<Answer> {
     match fault {
-        SymbolFault::NotFound => ticker_not_found(id),
-        SymbolFault::Forbidden => error(403, "NOT_AUTHORIZED", "message", id, NOT_ENTITLED),
-        SymbolFault::ServerError => server_error(id),
+        SymbolFault::NotFound => Some(ticker_not_found(id)),
+        SymbolFault::Forbidden => Some(error(403, "NOT_AUTHORIZED", "message", id, NOT_ENTITLED)),
+        SymbolFault::ServerError => Some(server_error(id)),
+        SymbolFault::InconsistentBars => None,
     }
 }
 
@@ -321,8 +323,9 @@ impl Api {
             Some(Ok(t)) => Some(t),
             Some(Err(_)) => return bad_request(id, "invalid cursor"),
         };
-        if let Some(fault) = self.symbol_faults.get(&ticker) {
-            return symbol_fault(id, *fault);
+        let fault = self.symbol_faults.get(&ticker).copied();
+        if let Some(answer) = fault.and_then(|f| symbol_fault(id, f)) {
+            return answer;
         }
         if !self.symbols.contains(&ticker) {
             return ticker_not_found(id);
@@ -337,7 +340,12 @@ impl Api {
         let hi = to.min(self.data_to_ms.unwrap_or(i64::MAX));
         let gen = Generator::new(&ticker, tf);
         let mut grid = Grid::new(&ticker, tf, lo, hi);
-        let bars: Vec<RawBar> = grid.by_ref().take(page).map(|t| gen.bar(t)).collect();
+        let mut bars: Vec<RawBar> = grid.by_ref().take(page).map(|t| gen.bar(t)).collect();
+        if fault == Some(SymbolFault::InconsistentBars) {
+            for b in bars.iter_mut().filter(|b| super::is_inconsistent(b.t)) {
+                std::mem::swap(&mut b.h, &mut b.l);
+            }
+        }
         // The cursor is simply the next bar's start; clients must treat next_url as opaque.
         let next_url = grid.next().map(|next| {
             format!(

@@ -133,19 +133,28 @@ pub enum SymbolFault {
     Forbidden,
     /// 500 on every request.
     ServerError,
+    /// Normal answers, except that the bars [`is_inconsistent`] picks have `h` and `l` swapped
+    /// (high below open and close): what a client must reject and log, keeping the rest.
+    InconsistentBars,
+}
+
+/// The bars `SymbolFault::InconsistentBars` spoils: one minute in 25.
+pub fn is_inconsistent(t_ms: i64) -> bool {
+    (t_ms / 60_000) % 25 == 0
 }
 
 impl FromStr for SymbolFault {
     type Err = String;
 
-    /// `404`, `403` or `500`.
+    /// `404`, `403`, `500` or `inconsistent`.
     fn from_str(s: &str) -> Result<SymbolFault, String> {
         match s {
             "404" => Ok(SymbolFault::NotFound),
             "403" => Ok(SymbolFault::Forbidden),
             "500" => Ok(SymbolFault::ServerError),
+            "inconsistent" => Ok(SymbolFault::InconsistentBars),
             _ => Err(format!(
-                "unknown symbol fault {s:?} (expected 404, 403 or 500)"
+                "unknown symbol fault {s:?} (expected 404, 403, 500 or inconsistent)"
             )),
         }
     }
