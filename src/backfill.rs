@@ -23,7 +23,7 @@ use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd,
 use crate::sources::http::Blame;
 use crate::sources::polygon::{PolygonError, PolygonRest};
 
-/// Windows start on Sundays, 00:00 UTC, counted from this one.
+/// The grid's origin, a Sunday 00:00 UTC; windows start every `window_len` from it.
 const GRID_ORIGIN_SECS: i64 = 3 * 86_400; // 1970-01-04
 /// Workers fetching at once; the vendor's rate limit paces them all together.
 const WORKERS: usize = 4;
@@ -182,6 +182,11 @@ pub async fn backfill(
     if from >= to {
         return Err(usage("--from is after --to".into()));
     }
+    if from.timestamp() < 0 {
+        return Err(usage(
+            "--from is before 1970: no vendor has minute or daily bars that old".into(),
+        ));
+    }
     let timeframe = polygon.timeframe;
     let grid = windows(timeframe, from, to, Utc::now());
     let rest = PolygonRest::new(polygon)?;
@@ -191,7 +196,8 @@ pub async fn backfill(
         symbols,
         first: grid.first().map_or(from, |w| w.0),
         last: grid.last().map_or(from, |w| w.0),
-        since: Utc::now(),
+        // Set from the database's clock when the run starts.
+        since: from,
     };
     let source = RestBackfill {
         rest,
@@ -216,6 +222,8 @@ struct Shared {
     range: Range,
     /// Symbols that failed this run, with why: their other windows are not claimed.
     failed: Mutex<HashMap<Symbol, String>>,
+    /// Symbols with a window that failed (the first error of each): the others still load.
+    window_failures: Mutex<HashMap<Symbol, String>>,
     /// A failure every request would meet (the key, the plan): all workers stop.
     fatal: Mutex<Option<String>>,
     tasks_done: AtomicU64,
@@ -238,7 +246,8 @@ impl Source for RestBackfill {
 
     async fn run(self, ctx: SourceContext) -> SourceEnd {
         let mut end = SourceEnd::default();
-        let planned = match plan(&ctx, &self.range, &self.grid, self.force).await {
+        let mut range = self.range;
+        let planned = match plan(&ctx, &mut range, &self.grid, self.force).await {
             Ok(c) => c,
             Err(e) => {
                 end.failed.push(format!("cannot plan the backfill: {e}"));
@@ -248,6 +257,10 @@ impl Source for RestBackfill {
         let todo = (planned.total - planned.done).max(0) as u64;
         end.lines
             .push(("tasks", format!("{todo} of {}", planned.total)));
+        if planned.total == 0 {
+            tracing::info!("nothing to fetch: the range holds no window that has begun");
+            return end;
+        }
         if todo == 0 {
             tracing::info!(
                 "nothing to fetch: all {} windows of this range are done (--force fetches them again)",
@@ -264,8 +277,9 @@ impl Source for RestBackfill {
             )),
             ctx,
             rest: self.rest,
-            range: self.range,
+            range,
             failed: Mutex::default(),
+            window_failures: Mutex::default(),
             fatal: Mutex::default(),
             tasks_done: AtomicU64::default(),
             fetched: AtomicU64::default(),
@@ -280,6 +294,11 @@ impl Source for RestBackfill {
             p.finish();
         }
         let mut failed: Vec<(Symbol, String)> = lock(&shared.failed).drain().collect();
+        for (symbol, e) in lock(&shared.window_failures).drain() {
+            if !failed.iter().any(|(s, _)| *s == symbol) {
+                failed.push((symbol, e));
+            }
+        }
         failed.sort();
         end.failed.extend(failed.into_iter().map(|(_, e)| e));
         end.failed.extend(lock(&shared.fatal).take());
@@ -293,19 +312,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn plan(
     ctx: &SourceContext,
-    range: &Range,
+    range: &mut Range,
     grid: &[(DateTime<Utc>, DateTime<Utc>)],
     force: bool,
 ) -> Result<queue::Counts, DbError> {
     let client = db::get(ctx.pool()).await?;
+    range.since = queue::now(&client).await?;
     queue::plan(&client, range, grid, force).await
 }
 
+/// Database errors a worker rides out (a reset, a failover) before it gives up.
+const WORKER_DB_RETRIES: u32 = 5;
+
 /// Claims and works tasks until none is left, the run stops, or a failure stops every worker.
-/// The claims belong to this worker's own session: if the process dies, so does the session,
-/// and its task is free at once.
+/// Its session is its own, outside the pool (whose connections the writers need): the claims
+/// belong to it, so if the process dies, so does the session, and its task is free at once. A
+/// database error costs the session (its task is then free too) and is retried on a new one.
 async fn worker(shared: Arc<Shared>) -> Result<(), DbError> {
-    let client = db::get(shared.ctx.pool()).await?;
+    let mut failures = 0;
+    loop {
+        match work_tasks(&shared).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retriable() && failures < WORKER_DB_RETRIES => {
+                failures += 1;
+                let wait = std::time::Duration::from_secs(1 << failures);
+                tracing::warn!(error = %e, retry_in = ?wait, "backfill worker lost the database; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shared.ctx.stop().cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
+    let database = &shared.ctx.config().database;
+    let client = db::connect(
+        &db::parse_url(database.url.expose())?,
+        &database.url.redacted(),
+    )
+    .await?;
     loop {
         if shared.ctx.stop().is_cancelled() || lock(&shared.fatal).is_some() {
             return Ok(());
@@ -314,10 +362,9 @@ async fn worker(shared: Arc<Shared>) -> Result<(), DbError> {
         let Some(task) = queue::claim(&client, &shared.range, &skip).await? else {
             return Ok(());
         };
-        let worked = with_lease(&client, &task, work(&shared, &task)).await;
-        match worked {
-            Ok(Some((bars, fetched_at))) => {
-                queue::finish(&client, &task, bars, fetched_at).await?;
+        match with_lease(&client, &task, work(shared, &task)).await {
+            Ok(Some((bars, settled))) => {
+                queue::finish(&client, &task, bars, settled).await?;
                 let done = shared.tasks_done.fetch_add(1, Ordering::Relaxed) + 1;
                 let fetched = shared.fetched.load(Ordering::Relaxed);
                 let committed = shared.ctx.committed().written();
@@ -333,14 +380,22 @@ async fn worker(shared: Arc<Shared>) -> Result<(), DbError> {
             Err(e) => {
                 let text = e.to_string();
                 queue::release(&client, &task, Some(&text)).await?;
+                shared.ctx.feeds().failed(&task.symbol, &text);
                 match e.blame() {
                     Blame::Account => {
                         lock(&shared.fatal).get_or_insert(text);
                         return Ok(());
                     }
-                    Blame::Request | Blame::Unavailable => {
-                        shared.ctx.feeds().failed(&task.symbol, &text);
+                    // An unknown ticker: none of its windows will load.
+                    _ if e.status().map(|s| s.as_u16()) == Some(404) => {
                         lock(&shared.failed).insert(task.symbol.clone(), text);
+                    }
+                    // This window failed (it is retried by the next run); the symbol's other
+                    // windows go on, and the symbol is reported as failed at the end.
+                    Blame::Request | Blame::Unavailable => {
+                        lock(&shared.window_failures)
+                            .entry(task.symbol.clone())
+                            .or_insert(text);
                     }
                 }
             }
@@ -361,8 +416,12 @@ async fn with_lease<T>(
         tokio::select! {
             out = &mut work => return out,
             _ = tick.tick() => {
-                if let Err(e) = queue::renew(client, task).await {
-                    tracing::warn!(error = %e, symbol = %task.symbol, "cannot renew a backfill task's lease");
+                match queue::renew(client, task).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(symbol = %task.symbol, window = %task.start,
+                        "a backfill task's lease was lost (another worker may fetch it too; rows are upserted)"),
+                    Err(e) => tracing::warn!(error = %e, symbol = %task.symbol,
+                        "cannot renew a backfill task's lease"),
                 }
             }
         }
@@ -370,12 +429,12 @@ async fn with_lease<T>(
 }
 
 /// Fetches one window and waits until its bars are committed. `Ok(None)` when the run stopped
-/// first; `Ok(Some((bars, fetched_at)))` once done.
-async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, DateTime<Utc>)>, PolygonError> {
+/// first; `Ok(Some((bars, settled)))` once committed, `settled` false if a page was not final.
+async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, PolygonError> {
     let ctx = &shared.ctx;
-    let fetched_at = Utc::now();
     // The window's future part has no bars yet (and a simulator would invent them).
-    let to = (task.end - Duration::milliseconds(1)).min(fetched_at);
+    let to = (task.end - Duration::milliseconds(1)).min(Utc::now());
+    let mut settled = true;
     let mut pager = shared
         .rest
         .pages(&task.symbol, task.timeframe, task.start, to);
@@ -386,6 +445,7 @@ async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, DateTime<Utc>
             _ = ctx.stop().cancelled() => return Ok(None),
         };
         let Some(page) = page else { break };
+        settled &= !page.delayed;
         let n = page.bars.len() + page.rejections.len();
         bars += page.bars.len() as i64;
         shared.fetched.fetch_add(n as u64, Ordering::Relaxed);
@@ -401,8 +461,11 @@ async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, DateTime<Utc>
         }
     }
     // Done only once every bar of the window is committed.
-    match ctx.committed_through(&task.symbol).await {
-        Some(()) => Ok(Some((bars, fetched_at))),
+    let committed = driver::waiting_noted(ctx.committed_through(&task.symbol), || {
+        format!("committing {} bars of {}", bars, task.symbol)
+    });
+    match committed.await {
+        Some(()) => Ok(Some((bars, settled))),
         None => Ok(None),
     }
 }

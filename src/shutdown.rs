@@ -1,5 +1,6 @@
 //! OS signals become one shutdown, for every command: the first SIGINT or SIGTERM stops taking
-//! data (what was read is still committed), a second gives up on what is not committed yet.
+//! data (what was read is still committed), a second gives up on what is not committed yet, a
+//! third exits at once.
 //! systemd, containers and CI send SIGTERM; a terminal sends SIGINT. Exit codes are 128 + the
 //! signal's number (130, 143), as shells report them.
 
@@ -68,15 +69,22 @@ impl Shutdown {
                     else => return,
                 };
                 if this.receive(got) {
-                    return;
+                    // A third signal: whatever still holds the process (a database that does
+                    // not answer even to a rollback, a read that will not end) is left behind.
+                    tracing::error!("{}: exiting now", got.name());
+                    std::process::exit(i32::from(got.exit_code()));
                 }
             }
         });
         Ok(())
     }
 
-    /// What a signal does; true once there is nothing left for a further signal to do.
+    /// What a signal does: the first stops, the second abandons; true for any further one,
+    /// which the listener answers by exiting at once.
     pub fn receive(&self, signal: Signal) -> bool {
+        if self.abandon.is_cancelled() {
+            return true;
+        }
         if !self.stop.is_cancelled() {
             self.first.store(signal.code(), Ordering::SeqCst);
             tracing::warn!(
@@ -88,7 +96,7 @@ impl Shutdown {
         } else {
             tracing::warn!("{}: giving up on what is not committed yet", signal.name());
             self.abandon.cancel();
-            true
+            false
         }
     }
 
@@ -122,8 +130,9 @@ mod tests {
         assert!(!s.receive(Signal::Terminate));
         assert!(s.is_stopping() && !s.abandon_token().is_cancelled());
         assert_eq!(s.signal(), Some(Signal::Terminate));
-        assert!(s.receive(Signal::Interrupt));
+        assert!(!s.receive(Signal::Interrupt));
         assert!(s.abandon_token().is_cancelled());
+        assert!(s.receive(Signal::Interrupt), "a third signal exits");
         assert_eq!(s.signal().map(Signal::exit_code), Some(143));
     }
 }

@@ -108,6 +108,33 @@ async fn a_gzip_bomb_is_read_in_bounded_memory() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_junk_rows_is_held_back_like_one_of_bars() {
+    let db = TestDb::migrated("junk").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let junk = dir.path().join("junk.csv.gz");
+    let mut body = String::from(HEADER);
+    for i in 0..300_000 {
+        body.push_str(&format!("junk row {i} without a single comma\n"));
+    }
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&junk).unwrap(),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(body.as_bytes()).unwrap();
+    gz.finish().unwrap();
+    drop(body);
+    let out = wait_measured(spawn_mdingest(&import_args(&cfg, &[&junk])));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.peak_rss < RSS_BUDGET, "peak RSS {} bytes", out.peak_rss);
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.data_quality_logs")
+            .await,
+        300_000
+    );
+}
+
 #[test]
 fn a_closed_stdout_is_not_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -161,6 +188,24 @@ async fn each_cause_is_said_once_on_one_line() {
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
+    // A database error: the server's message once.
+    let c = db.client().await;
+    c.batch_execute(
+        "DROP ROLE IF EXISTS mdtest_nobody; CREATE ROLE mdtest_nobody LOGIN;
+         REVOKE ALL ON SCHEMA data_ingestion FROM PUBLIC",
+    )
+    .await
+    .unwrap();
+    let nobody = db.url.replacen("postgres@", "mdtest_nobody@", 1);
+    let out = mdingest(
+        &["--config", cfg.to_str().unwrap(), "status"],
+        &[("MDINGEST__DATABASE__URL", nobody.as_str())],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("permission denied").count(), 1, "{err}");
 
     // A file name that holds a newline and a long header are escaped and cut.
     let odd = write(

@@ -13,6 +13,9 @@ use crate::domain::{DataSource, Symbol, Timeframe};
 pub const LEASE: Duration = Duration::seconds(30);
 /// Workers renew their lease this often.
 pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A window is done only once it ended this long before it was fetched: the vendor's last
+/// minutes of a window (late trades, corrections) settle first.
+pub const SETTLE: &str = "1 hour";
 
 /// One window of one symbol: `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +35,9 @@ pub struct Range {
     pub symbols: Vec<Symbol>,
     pub first: DateTime<Utc>,
     pub last: DateTime<Utc>,
-    /// When the run began: a window fetched since (one that reaches past its fetch, left
-    /// pending for the next run) is not claimed again by this run or a concurrent one.
+    /// When the run began, by the database's clock (see `now`): a window fetched since (one
+    /// that reaches past its fetch, or failed) is not claimed again by this run or a concurrent
+    /// one.
     pub since: DateTime<Utc>,
 }
 
@@ -48,6 +52,12 @@ impl Range {
 pub struct Counts {
     pub total: i64,
     pub done: i64,
+}
+
+/// The database's clock: every time the queue compares comes from it, never from the
+/// machines' clocks (which drift, and step back under NTP).
+pub async fn now(client: &Client) -> Result<DateTime<Utc>, DbError> {
+    Ok(client.query_one("SELECT now()", &[]).await?.get(0))
 }
 
 /// Creates the range's tasks that do not exist yet; with `force`, sets done ones pending again
@@ -140,7 +150,11 @@ pub async fn claim(
                    AND state = 'pending' AND (fetched_at IS NULL OR fetched_at < $8)
                    AND (lease_pid IS NULL OR lease_until < now()
                         OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                       WHERE a.pid = c.lease_pid AND a.backend_start <= c.claimed_at))
+                                       WHERE a.pid = c.lease_pid
+                                         -- NULL for another role's session without
+                                         -- pg_read_all_stats: then trust the pid and the lease.
+                                         AND (a.backend_start IS NULL
+                                              OR a.backend_start <= c.claimed_at)))
                  ORDER BY window_start, symbol
                  LIMIT 1
                  FOR UPDATE SKIP LOCKED)
@@ -171,8 +185,8 @@ pub async fn claim(
     }))
 }
 
-const KEY: &str = "data_source = $1 AND symbol = $2 AND timeframe = $3 AND window_start = $4
-    AND lease_pid = pg_backend_pid()";
+const BY_KEY: &str = "data_source = $1 AND symbol = $2 AND timeframe = $3 AND window_start = $4";
+const MINE: &str = "lease_pid = pg_backend_pid()";
 
 fn key(t: &Task) -> (&'static str, &str, &'static str, DateTime<Utc>) {
     (
@@ -191,7 +205,7 @@ pub async fn renew(client: &Client, task: &Task) -> Result<bool, DbError> {
         .execute(
             &format!(
                 "UPDATE data_ingestion.backfill_tasks
-                 SET lease_until = now() + $5::text::interval WHERE {KEY}"
+                 SET lease_until = now() + $5::text::interval WHERE {BY_KEY} AND {MINE}"
             ),
             &[&k.0, &k.1, &k.2, &k.3, &lease],
         )
@@ -199,33 +213,40 @@ pub async fn renew(client: &Client, task: &Task) -> Result<bool, DbError> {
     Ok(n == 1)
 }
 
-/// Ends the claim after the task's bars are committed: done, unless its window reached past
-/// `fetched_at` (then it stays pending, so the next backfill fetches it again).
+/// Ends a task whose bars are all committed: done, unless its window ended less than `SETTLE`
+/// before it was claimed (today's: the next backfill fetches it again) or a page was not final
+/// (`settled` false). By key, not by lease: the bars are committed even if the lease was lost
+/// meanwhile. Returns whether the task is done.
 pub async fn finish(
     client: &Client,
     task: &Task,
     bars: i64,
-    fetched_at: DateTime<Utc>,
+    settled: bool,
 ) -> Result<bool, DbError> {
     let k = key(task);
-    let done = task.end <= fetched_at;
-    client
-        .execute(
+    let row = client
+        .query_opt(
             &format!(
                 "UPDATE data_ingestion.backfill_tasks
-                 SET state = CASE WHEN $5 THEN 'done' ELSE 'pending' END,
-                     done_at = CASE WHEN $5 THEN now() END,
-                     bars = $6, fetched_at = $7, last_error = NULL,
-                     lease_pid = NULL, lease_until = NULL, updated_at = now()
-                 WHERE {KEY}"
+                 SET state = CASE WHEN $5 AND window_end + interval '{SETTLE}' <= claimed_at
+                                  THEN 'done' ELSE 'pending' END,
+                     done_at = CASE WHEN $5 AND window_end + interval '{SETTLE}' <= claimed_at
+                                    THEN now() END,
+                     bars = $6, fetched_at = claimed_at, last_error = NULL,
+                     lease_pid = CASE WHEN {MINE} THEN NULL ELSE lease_pid END,
+                     lease_until = CASE WHEN {MINE} THEN NULL ELSE lease_until END,
+                     updated_at = now()
+                 WHERE {BY_KEY}
+                 RETURNING state = 'done'"
             ),
-            &[&k.0, &k.1, &k.2, &k.3, &done, &bars, &fetched_at],
+            &[&k.0, &k.1, &k.2, &k.3, &settled, &bars],
         )
         .await?;
-    Ok(done)
+    Ok(row.is_some_and(|r| r.get(0)))
 }
 
-/// Gives a task back, pending, with the reason it was not finished (none when stopped).
+/// Gives a task back, pending. With an error, the task is also marked fetched (at its claim)
+/// so that this run does not claim it again; the next run retries it.
 pub async fn release(client: &Client, task: &Task, error: Option<&str>) -> Result<(), DbError> {
     let k = key(task);
     client
@@ -233,8 +254,10 @@ pub async fn release(client: &Client, task: &Task, error: Option<&str>) -> Resul
             &format!(
                 "UPDATE data_ingestion.backfill_tasks
                  SET lease_pid = NULL, lease_until = NULL,
-                     last_error = COALESCE($5, last_error), updated_at = now()
-                 WHERE {KEY}"
+                     last_error = COALESCE($5, last_error),
+                     fetched_at = CASE WHEN $5::text IS NULL THEN fetched_at ELSE claimed_at END,
+                     updated_at = now()
+                 WHERE {BY_KEY} AND {MINE}"
             ),
             &[&k.0, &k.1, &k.2, &k.3, &error],
         )

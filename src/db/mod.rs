@@ -25,8 +25,9 @@ pub enum DbError {
     BadUrl { url: String, reason: String },
     #[error("cannot connect to the database at {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// Not a `#[source]`: `describe` already says all it says, and a chain would repeat it.
     #[error("database error: {}", describe(.0))]
-    Query(#[from] tokio_postgres::Error),
+    Query(tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(String),
     #[error("migration failed: {0}")]
@@ -35,6 +36,12 @@ pub enum DbError {
     Timeout(Duration),
     #[error("the database is not migrated (missing {0}): run `mdingest migrate`")]
     NotMigrated(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> DbError {
+        DbError::Query(e)
+    }
 }
 
 /// What to do about a failed database operation.

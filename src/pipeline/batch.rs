@@ -41,9 +41,9 @@ impl Batch {
         self.entries.is_empty() && self.rejections.is_empty() && !self.barrier
     }
 
-    /// Rows (bars and quality-log rows) that count towards `batch_max_rows`.
+    /// What counts towards `batch_max_rows`: bars, and quality-log rows by their weight.
     pub fn len(&self) -> usize {
-        self.entries.len() + self.rejections.len()
+        crate::ingest::weight(self.entries.len(), self.rejections.len())
     }
 
     pub fn add_ack(&mut self, ack: &AckTx) {

@@ -27,6 +27,8 @@ pub use batch::Batch;
 
 use crate::config::{PipelineConfig, Timeframes};
 
+use crate::ingest::{weight, REJECTION_WEIGHT};
+
 /// A batch's room reserved up front; a larger `batch_max_rows` grows past it only when used.
 const INITIAL_BATCH_CAPACITY: usize = 16_384;
 
@@ -60,13 +62,20 @@ impl Queue {
     /// Waits while the queue is full (backpressure). Cancellation-safe for a chunk no larger
     /// than the queue: it is queued whole or not at all (a larger one goes in queue-sized parts).
     pub async fn send(&self, mut chunk: Chunk) -> Result<(), PipelineClosed> {
-        // A chunk larger than the whole queue would wait forever for room.
-        while chunk.bars.len() > self.capacity {
-            let rest = chunk.bars.split_off(self.capacity);
+        // A chunk heavier than the whole queue would wait forever for room.
+        while weight(chunk.bars.len(), chunk.rejections.len()) > self.capacity {
+            // At least one row a part, so that a tiny queue still makes progress.
+            let rejections = chunk
+                .rejections
+                .len()
+                .min((self.capacity / REJECTION_WEIGHT).max(1));
+            let bars = self.capacity.saturating_sub(rejections * REJECTION_WEIGHT);
+            let rest_rejections = chunk.rejections.split_off(rejections);
+            let rest_bars = chunk.bars.split_off(bars.min(chunk.bars.len()));
             let head = Chunk {
                 mode: chunk.mode,
-                bars: std::mem::replace(&mut chunk.bars, rest),
-                rejections: std::mem::take(&mut chunk.rejections),
+                bars: std::mem::replace(&mut chunk.bars, rest_bars),
+                rejections: std::mem::replace(&mut chunk.rejections, rest_rejections),
                 ack: chunk.ack.clone(),
                 barrier: None,
             };
@@ -76,7 +85,7 @@ impl Queue {
     }
 
     async fn send_one(&self, chunk: Chunk) -> Result<(), PipelineClosed> {
-        let n = chunk.bars.len().max(1) as u32;
+        let n = weight(chunk.bars.len(), chunk.rejections.len()).clamp(1, self.capacity) as u32;
         let room = self
             .room
             .clone()
@@ -89,7 +98,7 @@ impl Queue {
             .map_err(|_| PipelineClosed)
     }
 
-    /// Bars waiting in the queue.
+    /// Bars waiting in the queue (a rejection counts as `REJECTION_WEIGHT`).
     pub fn depth(&self) -> usize {
         self.capacity.saturating_sub(self.room.available_permits())
     }

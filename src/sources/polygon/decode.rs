@@ -33,6 +33,8 @@ pub struct AggsPage {
     pub rejections: Vec<Rejection>,
     /// The next page, as Polygon gave it (absolute, with a cursor).
     pub next_url: Option<String>,
+    /// `status: "DELAYED"`: the plan's data lags real time, so the newest bars may still change.
+    pub delayed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +113,7 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 /// as rejections; a body that is not aggregates JSON at all is an error.
 pub fn decode_aggs(body: &[u8], symbol: &Symbol) -> Result<AggsPage, DecodeError> {
     let env: Envelope = serde_json::from_slice(body).map_err(|e| not_aggregates(body, e))?;
+    let delayed = env.status.as_deref() == Some("DELAYED");
     match env.status.as_deref() {
         Some("OK" | "DELAYED") => {}
         Some(other) => {
@@ -152,6 +155,7 @@ pub fn decode_aggs(body: &[u8], symbol: &Symbol) -> Result<AggsPage, DecodeError
         bars,
         rejections,
         next_url: env.next_url.filter(|u| !u.is_empty()),
+        delayed,
     })
 }
 
