@@ -279,27 +279,36 @@ async fn rejected_rows_are_named_on_the_console_up_to_20() {
         "HUGE,100000000000000000000000000000,10.5,10.6,10.7,10.4,1704186000000000000,5\n",
     );
     body.push_str("PRICY,100,1e30,10.6,10.7,10.4,1704186000000000000,5\n");
-    for m in 0..22i64 {
-        // high below open and close
-        let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
-        body.push_str(&format!("LOW,100,10.5,10.6,1.0,10.4,{ns},5\n"));
-    }
     body.push_str(&row("OK", 0));
     let file = write(dir.path(), "w.csv", body.as_bytes());
     let out = import(&cfg, &[&file]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning:")).collect();
-    assert_eq!(warnings.len(), 21, "{err}");
-    assert!(warnings[20].contains("5 more rejected rows"), "{err}");
+    assert_eq!(warnings.len(), 3, "{err}");
     assert!(
         warnings
             .iter()
             .any(|w| w.contains("w.csv:2: value_out_of_range")),
         "{err}"
     );
+
+    // More than 20: 20 lines, then how many more.
+    let mut body = String::from(HEADER);
+    for m in 0..25i64 {
+        // high below open and close
+        let ns = (1_704_186_000 + 60 * m) * 1_000_000_000;
+        body.push_str(&format!("LOW,100,10.5,10.6,1.0,10.4,{ns},5\n"));
+    }
+    let file = write(dir.path(), "many.csv", body.as_bytes());
+    let out = import(&cfg, &[&file]);
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warnings.len(), 21, "{err}");
+    assert!(warnings[20].contains("5 more rejected rows"), "{err}");
     assert!(
-        warnings.iter().any(|w| w.contains("high_below_open_close")),
+        warnings[0].contains("polygon LOW 2024-01-02T09:")
+            && warnings[0].contains("high_below_open_close"),
         "{err}"
     );
     let checks: Vec<String> = db
