@@ -243,7 +243,7 @@ async fn giving_up_counts_every_writer_and_the_queue() {
         .unwrap();
     let child = spawn_mdingest(&import_args(&cfg, &[&file]));
     // Long enough for the whole file to be read, and for the wait to be reported.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     signal(&child, libc::SIGINT);
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&child, libc::SIGINT);
