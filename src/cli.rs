@@ -66,6 +66,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The daemon: streams every enabled source (today: Polygon), gap-filling through REST on
+    /// start and after every reconnect, until SIGTERM/SIGINT.
+    Run,
     /// Print every feed's ingestion status as a table.
     Status,
     /// Validate the configuration and print it resolved, secrets redacted.
@@ -183,6 +186,24 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             let summary = import::import(&cfg, paths, &shutdown, true).await?;
             Ok(finish(&summary))
         }
+        Command::Run => {
+            let shutdown = listening()?;
+            match crate::run::run(&cfg, &shutdown).await? {
+                Some(summary) => {
+                    out(&summary.to_string());
+                    for f in &summary.failed {
+                        error_line(f);
+                    }
+                    if let Some(n) = summary.not_committed {
+                        error_line(&format!(
+                            "run: {n} bars received were not committed within shutdown_timeout_secs; the next start gap-fills them"
+                        ));
+                    }
+                    Ok(ExitCode::from(crate::run::exit_code(&summary)))
+                }
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
         Command::Backfill {
             source,
             symbols,
@@ -238,11 +259,14 @@ fn finish(summary: &Summary) -> ExitCode {
 
 /// `RUST_LOG` wins over `log.level`; logs go to stderr so stdout stays the command's output.
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // refinery narrates every migration at info; `migrate` prints its own summary.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("{},refinery_core=warn", cfg.log.level))
-        });
+    // tungstenite logs every frame it sends at trace, the auth message (the key) included.
+    let filter = crate::sources::ws::quiet_wire_logs(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            // refinery narrates every migration at info; `migrate` prints its own summary.
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("{},refinery_core=warn", cfg.log.level))
+            }),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -12,6 +12,7 @@ pub mod import;
 pub mod ingest;
 pub mod pipeline;
 pub mod progress;
+pub mod run;
 pub mod shutdown;
 pub mod sim;
 pub mod sources;

@@ -110,6 +110,11 @@ impl Shutdown {
         self.abandon.clone()
     }
 
+    /// Gives up on what is not committed (the daemon's shutdown deadline).
+    pub fn give_up(&self) {
+        self.abandon.cancel();
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stop.is_cancelled()
     }

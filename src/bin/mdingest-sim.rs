@@ -1,8 +1,9 @@
 //! `mdingest-sim`: serves the deterministic Polygon aggregates simulator (`mdingest::sim`) on a
-//! loopback port until SIGINT or SIGTERM.
+//! loopback port, and Polygon's WebSocket stream on a second one, until SIGINT or SIGTERM.
 //!
-//! The first and only line on stdout is `mdingest-sim listening on http://127.0.0.1:PORT`, so a
-//! script or test can start it on port 0 and read the address back.
+//! Stdout holds exactly two lines, `mdingest-sim listening on http://127.0.0.1:PORT` then
+//! `mdingest-sim stream on ws://127.0.0.1:PORT/stocks`, so a script or test can start it on port
+//! 0 and read both addresses back.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,14 +16,14 @@ use chrono_tz::America::New_York;
 use clap::error::ErrorKind;
 use clap::Parser;
 use mdingest::domain::Symbol;
-use mdingest::sim::{Fault, SimConfig, Simulator, SymbolFault};
+use mdingest::sim::{Fault, SimConfig, Simulator, SymbolFault, WsConfig, WsFault};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "mdingest-sim",
     version,
-    about = "Deterministic Polygon REST aggregates simulator (loopback only)",
+    about = "Deterministic Polygon REST aggregates and WebSocket stream simulator (loopback only)",
     after_help = "Requests are logged at debug level to stderr: RUST_LOG=debug mdingest-sim"
 )]
 struct Args {
@@ -66,6 +67,33 @@ struct Args {
     /// A standing answer for one ticker, repeatable: SYMBOL=404, SYMBOL=403 or SYMBOL=500.
     #[arg(long = "symbol-fault", value_name = "SYMBOL=CODE", value_parser = parse_symbol_fault)]
     symbol_faults: Vec<(String, SymbolFault)>,
+    /// Stream: port on --listen's address (0 picks a free one).
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    ws_port: u16,
+    /// Stream: replay pace, in bars per second for each subscribed symbol; once the replay
+    /// reaches the present, bars follow the clock.
+    #[arg(long, default_value_t = 20.0, value_name = "N", value_parser = parse_rate)]
+    ws_bars_per_sec: f64,
+    /// Stream: the first bar replayed (YYYY-MM-DD in New York, or RFC 3339); default: three
+    /// hours of trading time ago.
+    #[arg(long, value_name = "DATE", value_parser = parse_from)]
+    ws_live_from: Option<DateTime<Utc>>,
+    /// Stream: a fault for the next connection, repeatable, consumed in order: none,
+    /// disconnect:N (drop after N frames), silence:N:MS (after N frames, neither send nor read
+    /// for MS), auth (auth_failed), maxconn (max_connections).
+    #[arg(long = "ws-fault", value_name = "FAULT")]
+    ws_faults: Vec<WsFault>,
+    /// Stream: bars whose minute number is a multiple of N are sent twice, a preliminary version
+    /// first, then the final one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rebroadcast_every: Option<u64>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a number of bars per second above 0")),
+    }
 }
 
 fn parse_day(s: &str, end: bool) -> Result<DateTime<Utc>, String> {
@@ -160,6 +188,16 @@ fn main() -> ExitCode {
         latency: Duration::from_millis(args.latency_ms),
         faults: args.faults,
         symbol_faults: args.symbol_faults.into_iter().collect::<HashMap<_, _>>(),
+        ws: WsConfig {
+            live_from: args.ws_live_from,
+            bars_per_sec: args.ws_bars_per_sec,
+            rebroadcast_every: args.rebroadcast_every,
+            faults: args.ws_faults,
+            port: args.ws_port,
+            // Nothing can read the record in a separate process, and a long benchmark would
+            // grow it by 800 KB a second.
+            record_bars: false,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -187,16 +225,20 @@ async fn run(cfg: SimConfig, listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ws_port = cfg.ws.port;
     let sim = match Simulator::start_on(cfg, listen).await {
         Ok(sim) => sim,
         Err(e) => {
-            eprintln!("mdingest-sim: error: cannot listen on {listen}: {e}");
+            eprintln!(
+                "mdingest-sim: error: cannot listen on {listen} (stream port {ws_port}): {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
     let mut out = std::io::stdout().lock();
     // A closed stdout is the reader's business; the server still serves.
     let _ = writeln!(out, "mdingest-sim listening on {}", sim.base_url());
+    let _ = writeln!(out, "mdingest-sim stream on {}", sim.ws_url());
     let _ = out.flush();
     drop(out);
     tokio::select! {

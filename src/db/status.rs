@@ -144,3 +144,80 @@ pub fn render_table(rows: &[StatusRow]) -> String {
     }
     out
 }
+
+/// Gives every feed its row from the start (so an error shows before the first bar) and marks
+/// them `state`; rows that exist keep their progress.
+pub async fn ensure_feeds(
+    client: &Client,
+    source: DataSource,
+    mode: Mode,
+    timeframe: crate::domain::Timeframe,
+    symbols: &[Symbol],
+    state: FeedState,
+) -> Result<(), DbError> {
+    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+    client
+        .execute(
+            "INSERT INTO data_ingestion.ingestion_status AS st
+                 (data_source, symbol, mode, timeframe, state, rows_written, updated_at)
+             SELECT $1, s, $2, $3, $5, 0, now() FROM unnest($4::text[]) AS s
+             ON CONFLICT (data_source, symbol, mode) DO UPDATE
+             SET state = EXCLUDED.state, timeframe = EXCLUDED.timeframe, updated_at = now()",
+            &[
+                &source.as_str(),
+                &mode.as_str(),
+                &timeframe.as_str(),
+                &symbols,
+                &state.as_str(),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The committed `last_bar_timestamp` of each of these feeds that has one.
+pub async fn last_bars(
+    client: &Client,
+    source: DataSource,
+    mode: Mode,
+    symbols: &[Symbol],
+) -> Result<std::collections::HashMap<String, DateTime<Utc>>, DbError> {
+    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+    let rows = client
+        .query(
+            "SELECT symbol, last_bar_timestamp FROM data_ingestion.ingestion_status
+             WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3)
+               AND last_bar_timestamp IS NOT NULL",
+            &[&source.as_str(), &mode.as_str(), &symbols],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Records a feed-wide problem (a refused login, a connection limit) on these feeds' rows:
+/// `state` and `last_error`, now.
+pub async fn record_error(
+    client: &Client,
+    source: DataSource,
+    mode: Mode,
+    symbols: &[Symbol],
+    state: FeedState,
+    error: &str,
+) -> Result<u64, DbError> {
+    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+    let n = client
+        .execute(
+            "UPDATE data_ingestion.ingestion_status
+             SET state = $4, last_error = $5, last_error_at = now(), updated_at = now()
+             WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3)",
+            &[
+                &source.as_str(),
+                &mode.as_str(),
+                &symbols,
+                &state.as_str(),
+                &error,
+            ],
+        )
+        .await?;
+    Ok(n)
+}

@@ -44,7 +44,7 @@ pub(crate) fn request_id(n: u64) -> String {
     format!("{:016x}{:016x}", splitmix(n), splitmix(!n))
 }
 
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 

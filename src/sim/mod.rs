@@ -10,11 +10,16 @@
 //! Polygon's shapes for bodies and errors. The key must come in `Authorization: Bearer`; the
 //! `apiKey` query parameter is refused, so a client that leaks its key into URLs fails its tests.
 //! The simulator binds loopback addresses only: it serves with a known key.
+//!
+//! Polygon's WebSocket stream of minute aggregates is served on a second loopback port
+//! ([`Simulator::ws_url`], `src/sim/ws.rs`): its live bars are the same series, so what a client
+//! got from the stream and from REST can be checked against [`series`] together.
 
 mod api;
 mod http;
 mod series;
 mod server;
+mod ws;
 
 use std::collections::HashMap;
 use std::io;
@@ -28,8 +33,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use series::{series, SimBar};
+pub use ws::{WsConfig, WsConnRecord, WsFault};
 
 use server::{lock, Shared};
+use ws::WsShared;
 
 /// What the simulator serves.
 #[derive(Debug, Clone)]
@@ -49,8 +56,11 @@ pub struct SimConfig {
     /// Consumed one per well-formed request, in order; once empty, requests are answered
     /// normally. More can be added with [`Simulator::push_faults`].
     pub faults: Vec<Fault>,
-    /// Standing answers for particular tickers (after authentication).
+    /// Standing answers for particular tickers (after authentication). On the stream, a 404 or
+    /// 403 ticker sends no bars and `inconsistent` spoils the same bars as on REST.
     pub symbol_faults: HashMap<String, SymbolFault>,
+    /// The WebSocket stream.
+    pub ws: WsConfig,
 }
 
 impl Default for SimConfig {
@@ -64,6 +74,7 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             faults: Vec::new(),
             symbol_faults: HashMap::new(),
+            ws: WsConfig::default(),
         }
     }
 }
@@ -190,6 +201,9 @@ pub struct Simulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     accept: Option<JoinHandle<()>>,
+    ws: Arc<WsShared>,
+    ws_addr: SocketAddr,
+    ws_accept: Option<JoinHandle<()>>,
 }
 
 impl Simulator {
@@ -212,8 +226,20 @@ impl Simulator {
                 "page_size must be at least 1",
             ));
         }
+        ws::validate(&cfg.ws)?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let ws_listener = TcpListener::bind(SocketAddr::new(addr.ip(), cfg.ws.port)).await?;
+        let ws_addr = ws_listener.local_addr()?;
+        let ws = Arc::new(WsShared::new(
+            cfg.ws,
+            cfg.api_key.clone(),
+            &cfg.symbols,
+            &cfg.symbol_faults,
+            cfg.data_from.map(|d| d.timestamp_millis()),
+            cfg.data_to.map(|d| d.timestamp_millis()),
+            Utc::now().timestamp_millis(),
+        ));
         let api = api::Api {
             api_key: cfg.api_key,
             symbols: cfg.symbols.into_iter().collect(),
@@ -225,10 +251,14 @@ impl Simulator {
         };
         let shared = Arc::new(Shared::new(api, cfg.latency, cfg.faults));
         let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared)));
+        let ws_accept = tokio::spawn(ws::accept_loop(ws_listener, Arc::clone(&ws)));
         Ok(Simulator {
             shared,
             addr,
             accept: Some(accept),
+            ws,
+            ws_addr,
+            ws_accept: Some(ws_accept),
         })
     }
 
@@ -251,9 +281,47 @@ impl Simulator {
         lock(&self.shared.faults).extend(faults);
     }
 
-    /// Stops accepting and aborts open connections; the port is free when this returns.
+    /// `ws://127.0.0.1:PORT/stocks`: Polygon's stocks stream. The key is [`SimConfig::api_key`].
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.ws_addr, ws::PATH)
+    }
+
+    pub fn ws_local_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// Where the stream's replay starts: [`WsConfig::live_from`] or its default, bounded below
+    /// by [`SimConfig::data_from`]. The first bar streamed for a symbol is the first at or after
+    /// it, unless the symbol was subscribed before (the stream moved on meanwhile).
+    pub fn ws_live_from(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.ws.live_from_ms()).unwrap_or_default()
+    }
+
+    /// Every upgraded stream connection so far, in arrival order (handshakes that failed are
+    /// not connections and are not listed).
+    pub fn ws_connections(&self) -> Vec<WsConnRecord> {
+        lock(&self.ws.conns).clone()
+    }
+
+    /// `(symbol, s)` of every bar whose final version went out on the stream, in sending order,
+    /// over all connections (a bar sent to two connections is listed twice). Bars that went live
+    /// while no connection was subscribed are not listed: nobody received them.
+    pub fn ws_bars_sent(&self) -> Vec<(String, i64)> {
+        self.ws.bars_sent()
+    }
+
+    /// Queues more stream faults behind those not yet consumed.
+    pub fn push_ws_faults(&self, faults: impl IntoIterator<Item = WsFault>) {
+        lock(&self.ws.faults).extend(faults);
+    }
+
+    /// Stops accepting and aborts open connections (the stream's too); the ports are free when
+    /// this returns.
     pub async fn stop(mut self) {
-        if let Some(task) = self.accept.take() {
+        for task in [self.accept.take(), self.ws_accept.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
             let _ = task.await;
         }
@@ -262,7 +330,10 @@ impl Simulator {
 
 impl Drop for Simulator {
     fn drop(&mut self) {
-        if let Some(task) = self.accept.take() {
+        for task in [self.accept.take(), self.ws_accept.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }

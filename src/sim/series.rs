@@ -128,7 +128,7 @@ fn no_trades(sym: u64, t: i64) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Calendar.
 
-fn ny_date(ms: i64) -> NaiveDate {
+pub(crate) fn ny_date(ms: i64) -> NaiveDate {
     DateTime::from_timestamp_millis(ms)
         .map(|d| d.with_timezone(&New_York).date_naive())
         .unwrap_or_default()
@@ -150,7 +150,7 @@ pub(crate) fn ny_day_bounds(day: NaiveDate) -> Option<(i64, i64)> {
     Some((start, next - 1))
 }
 
-fn is_weekend(day: NaiveDate) -> bool {
+pub(crate) fn is_weekend(day: NaiveDate) -> bool {
     matches!(day.weekday(), Weekday::Sat | Weekday::Sun)
 }
 

@@ -283,16 +283,17 @@ pub async fn drive<S: Source>(
         }
         Err(e) => Some(e),
     };
-    let note = match (&fatal, summary.not_committed, summary.interrupted) {
-        (Some(e), _, _) => Some(format!("{} failed: {e}", summary.what)),
-        (None, Some(n), _) => Some(format!(
+    // A stop by signal leaves the feeds `idle` without an error; giving up or failing says why.
+    let end = match (&fatal, summary.not_committed, summary.interrupted) {
+        (Some(e), _, _) => Ending::Failed(format!("{} failed: {e}", summary.what)),
+        (None, Some(n), _) => Ending::Stopped(Some(format!(
             "{} gave up with {n} bars not committed",
             summary.what
-        )),
-        (None, None, Some(s)) => Some(format!("{} stopped by {}", summary.what, s.name())),
-        (None, None, None) => None,
+        ))),
+        (None, None, Some(_)) => Ending::Stopped(None),
+        (None, None, None) => Ending::Completed,
     };
-    let finish = finish_feeds(&pool, data_source, mode, outcomes, fatal.is_some(), note);
+    let finish = finish_feeds(&pool, data_source, mode, outcomes, end);
     match tokio::time::timeout(FINISH_FEEDS_TIMEOUT, finish).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the feeds' final state"),
@@ -337,24 +338,31 @@ fn print_noted(noted: &[String], rejected: u64) {
     }
 }
 
+/// How a run ended, for its feeds.
+enum Ending {
+    Completed,
+    /// Stopped early (a signal), with why when it is worth recording.
+    Stopped(Option<String>),
+    Failed(String),
+}
+
 /// Moves the run's feeds out of `running`: failed ones to `error` with their message, the rest
-/// to `completed` (or `idle` when stopped early, or `error` when the run itself failed).
+/// to `completed`, or `idle` when stopped early, or `error` when the run itself failed.
 async fn finish_feeds(
     pool: &Pool,
     source: DataSource,
     mode: Mode,
     outcomes: HashMap<Symbol, Option<String>>,
-    run_failed: bool,
-    note: Option<String>,
+    end: Ending,
 ) -> Result<(), DbError> {
     let client = db::get(pool).await?;
     let mut groups: HashMap<(FeedState, Option<String>), Vec<Symbol>> = HashMap::new();
     for (symbol, error) in outcomes {
-        let key = match error {
-            Some(e) => (FeedState::Error, Some(e)),
-            None if run_failed => (FeedState::Error, note.clone()),
-            None if note.is_some() => (FeedState::Idle, note.clone()),
-            None => (FeedState::Completed, None),
+        let key = match (error, &end) {
+            (Some(e), _) => (FeedState::Error, Some(e)),
+            (None, Ending::Failed(e)) => (FeedState::Error, Some(e.clone())),
+            (None, Ending::Stopped(why)) => (FeedState::Idle, why.clone()),
+            (None, Ending::Completed) => (FeedState::Completed, None),
         };
         groups.entry(key).or_default().push(symbol);
     }

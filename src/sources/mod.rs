@@ -7,3 +7,4 @@
 pub mod driver;
 pub mod http;
 pub mod polygon;
+pub mod ws;

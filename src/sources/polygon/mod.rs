@@ -4,6 +4,7 @@
 pub mod decode;
 pub mod flatfile;
 pub mod rest;
+pub mod stream;
 
 pub use decode::{decode_aggs, error_message, AggsPage, DecodeError};
 pub use rest::{Pager, PolygonError, PolygonRest};

@@ -1,0 +1,242 @@
+//! `mdingest run` against the simulator's stream and REST API and a real PostgreSQL: every bar
+//! once with its final values through a disconnect (the gap-fill recovers what the stream
+//! skipped), a refused login shown in `ingestion_status` and backed off, a start while the
+//! database is down, and a SIGTERM that drains what was received.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use mdingest::domain::Timeframe;
+use mdingest::sim::{self, SimConfig, Simulator, WsConfig, WsFault};
+use rust_decimal::Decimal;
+
+const KEY: &str = "sim-stream-key-2718";
+
+/// A recent stretch of 30 minutes of one session (whatever the time of day now): bars exist
+/// only in it, on REST and on the stream, and it ended over half an hour ago, so the start's
+/// gap-fill (a minute back) finds nothing and only the stream and the reconnect's gap-fill
+/// can bring its bars.
+fn recent_session_stretch() -> (DateTime<Utc>, DateTime<Utc>) {
+    let now = Utc::now();
+    let latest = now - chrono::Duration::minutes(35);
+    let last = sim::series(
+        "AAPL",
+        Timeframe::M1,
+        latest - chrono::Duration::days(5),
+        latest,
+    )
+    .last()
+    .map(|b| DateTime::from_timestamp_millis(b.t_ms).unwrap())
+    .unwrap();
+    (last - chrono::Duration::minutes(29), last)
+}
+
+fn sim_config(from: DateTime<Utc>, to: DateTime<Utc>, ws: WsConfig) -> SimConfig {
+    SimConfig {
+        api_key: KEY.into(),
+        symbols: vec!["AAPL".into(), "MSFT".into()],
+        data_from: Some(from),
+        data_to: Some(to),
+        ws,
+        ..SimConfig::default()
+    }
+}
+
+fn config(db: &TestDb, dir: &Path, sim: &Simulator) -> PathBuf {
+    db.config_file(
+        dir,
+        &format!(
+            "[service]\ngap_fill_lookback_secs = 60\nshutdown_timeout_secs = 10\n\
+             [sources.polygon]\napi_key = \"{KEY}\"\nrest_url = \"{}\"\nws_url = \"{}\"\n\
+             symbols = [\"AAPL\", \"MSFT\"]\ntimeframe = \"1m\"\nrequests_per_minute = 6000\n\
+             stale_after_secs = 5\n",
+            sim.base_url(),
+            sim.ws_url()
+        ),
+    )
+}
+
+fn run_args(cfg: &Path) -> Vec<&str> {
+    vec!["--config", cfg.to_str().unwrap(), "run"]
+}
+
+type Row = (Decimal, Decimal, Decimal, Decimal, i64);
+
+fn expected(from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeMap<(String, i64), Row> {
+    let mut out = BTreeMap::new();
+    for s in ["AAPL", "MSFT"] {
+        for b in sim::series(s, Timeframe::M1, from, to) {
+            out.insert(
+                (s.to_string(), b.t_ms),
+                (b.open, b.high, b.low, b.close, b.volume),
+            );
+        }
+    }
+    out
+}
+
+async fn stored(db: &TestDb) -> BTreeMap<(String, i64), Row> {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT symbol, (extract(epoch FROM timestamp) * 1000)::int8, open, high, low, close, volume
+             FROM data_ingestion.market_data",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
+            )
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop(child: std::process::Child) -> Measured {
+    signal(&child, libc::SIGTERM);
+    tokio::task::spawn_blocking(move || wait_measured(child))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_disconnect_every_bar_lands_once_with_its_final_values() {
+    let db = TestDb::migrated("run_stream").await;
+    let (from, to) = recent_session_stretch();
+    let sim = Simulator::start(sim_config(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 4.0,
+            rebroadcast_every: Some(3),
+            faults: vec![WsFault::DisconnectAfterFrames(8)],
+            ..WsConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    let want = expected(from, to);
+    wait_until("every bar stored", 60, async || {
+        stored(&db).await.len() >= want.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        stored(&db).await == want,
+        "stored rows differ from the series"
+    );
+    assert!(sim.ws_connections().len() >= 2, "no reconnect happened");
+    // Every bar received was committed before the exit (a re-broadcast and its preliminary
+    // version in one batch are one row, so received counts more than were written).
+    let received: u64 = summary_value(&out.stdout, "received").parse().unwrap();
+    assert!(received as usize >= want.len(), "{}", out.stdout);
+    assert!(!out.stderr.contains("not committed"), "{}", out.stderr);
+    let states: Vec<String> = db
+        .column("SELECT symbol || ' ' || mode || ' ' || state FROM data_ingestion.ingestion_status ORDER BY 1")
+        .await;
+    assert_eq!(states, ["AAPL stream idle", "MSFT stream idle"]);
+    assert!(!out.stderr.contains(KEY), "the key is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_shows_in_ingestion_status_and_is_backed_off() {
+    let db = TestDb::migrated("run_auth").await;
+    let (from, to) = recent_session_stretch();
+    let sim = Simulator::start(sim_config(
+        from,
+        to,
+        WsConfig {
+            faults: vec![WsFault::AuthFailed; 10],
+            ..WsConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_until("the error recorded", 20, async || {
+        db.count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'error' AND last_error LIKE '%auth_failed%'")
+            .await
+            == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = sim.ws_connections();
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // At least 1 s, then 2 s between attempts: no tight loop that would evict another session.
+    assert!(attempts.len() <= 4, "{} attempts", attempts.len());
+    for w in attempts.windows(2) {
+        assert!(w[1].at.duration_since(w[0].at) >= Duration::from_millis(900));
+    }
+    assert!(!out.stderr.contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_starts_while_the_database_is_down_and_catches_up() {
+    let (from, to) = recent_session_stretch();
+    let sim = Simulator::start(sim_config(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 20.0,
+            ..WsConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    // The database does not exist yet.
+    let (name, url) = TestDb::unique_name("run_down");
+    let db = TestDb::adopt(name.clone(), url);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    connect(&admin_url())
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap();
+    mdingest::db::migrate::migrate(&db.url).await.unwrap();
+    let want = expected(from, to);
+    wait_until("every bar stored", 90, async || {
+        stored(&db).await.len() >= want.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored(&db).await == want);
+    assert_eq!(
+        out.stderr.matches("the database is unavailable").count(),
+        1,
+        "logged at most once a minute: {}",
+        out.stderr
+    );
+}
