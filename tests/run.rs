@@ -48,10 +48,14 @@ fn sim_config(from: DateTime<Utc>, to: DateTime<Utc>, ws: WsConfig) -> SimConfig
 }
 
 fn config(db: &TestDb, dir: &Path, sim: &Simulator) -> PathBuf {
+    config_with(db, dir, sim, 10)
+}
+
+fn config_with(db: &TestDb, dir: &Path, sim: &Simulator, shutdown_timeout: u64) -> PathBuf {
     db.config_file(
         dir,
         &format!(
-            "[service]\ngap_fill_lookback_secs = 60\nshutdown_timeout_secs = 10\n\
+            "[service]\ngap_fill_lookback_secs = 60\nshutdown_timeout_secs = {shutdown_timeout}\n\
              [sources.polygon]\napi_key = \"{KEY}\"\nrest_url = \"{}\"\nws_url = \"{}\"\n\
              symbols = [\"AAPL\", \"MSFT\"]\ntimeframe = \"1m\"\nrequests_per_minute = 6000\n\
              stale_after_secs = 5\n",
@@ -238,5 +242,60 @@ async fn the_daemon_starts_while_the_database_is_down_and_catches_up() {
         1,
         "logged at most once a minute: {}",
         out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_holds_bars_back_and_the_next_start_gap_fills_them() {
+    let db = TestDb::migrated("run_frozen").await;
+    let (from, to) = recent_session_stretch();
+    let sim = Simulator::start(sim_config(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 3.0,
+            ..WsConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(&db, dir.path(), &sim, 2);
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_until("some bars stored", 30, async || {
+        stored(&db).await.len() >= 6
+    })
+    .await;
+    // The database freezes: nothing commits while the lock is held.
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE data_ingestion.market_data IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = stop(child).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("bars received were not committed"),
+        "{}",
+        out.stderr
+    );
+    let before = stored(&db).await.len();
+    assert!(before < expected(from, to).len());
+
+    // The next start gap-fills from the last committed bar: nothing is lost for good.
+    let child = spawn_mdingest(&run_args(&cfg));
+    let want = expected(from, to);
+    wait_until("every bar stored", 60, async || {
+        stored(&db).await.len() >= want.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        stored(&db).await == want,
+        "stored rows differ from the series"
     );
 }
