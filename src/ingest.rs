@@ -3,6 +3,8 @@
 //! the report a committed batch sends back. A leaf: `sources`, `pipeline` and `db` import it, it
 //! imports none of them.
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -144,6 +146,9 @@ pub struct Chunk {
     /// A barrier: no data; its `ack` hears once every earlier bar of this symbol is committed
     /// (it rides in the symbol's shard, behind them).
     pub barrier: Option<Symbol>,
+    /// When the source took the data in (set on sending when the source did not): the start of
+    /// its receipt-to-commit lag.
+    pub received: Option<Instant>,
 }
 
 impl Chunk {
@@ -154,6 +159,7 @@ impl Chunk {
             rejections,
             ack: None,
             barrier: None,
+            received: None,
         }
     }
 
@@ -164,6 +170,7 @@ impl Chunk {
             rejections: Vec::new(),
             ack: Some(ack),
             barrier: Some(symbol),
+            received: None,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Batch {
     pub opened: Instant,
     /// Holds a barrier: sent on even when it carries no row (see `Chunk::barrier`).
     pub barrier: bool,
+    /// When the oldest of its rows was received (see `Chunk::received`).
+    pub oldest_received: Option<Instant>,
 }
 
 impl Batch {
@@ -34,6 +36,7 @@ impl Batch {
             acks: Vec::new(),
             opened: Instant::now(),
             barrier: false,
+            oldest_received: None,
         }
     }
 
@@ -44,6 +47,12 @@ impl Batch {
     /// What counts towards `batch_max_rows`: bars, and quality-log rows by their weight.
     pub fn len(&self) -> usize {
         crate::ingest::weight(self.entries.len(), self.rejections.len())
+    }
+
+    pub fn note_received(&mut self, received: Option<Instant>) {
+        if let Some(t) = received {
+            self.oldest_received = Some(self.oldest_received.map_or(t, |o| o.min(t)));
+        }
     }
 
     pub fn add_ack(&mut self, ack: &AckTx) {
@@ -123,6 +132,7 @@ impl Batch {
             acks: self.acks.clone(),
             opened: self.opened,
             barrier: false,
+            oldest_received: self.oldest_received,
         };
         (self, second)
     }

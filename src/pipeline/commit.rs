@@ -49,6 +49,7 @@ pub(crate) async fn write_loop(
         }
         let acks = batch.acks.clone();
         let n = batch.entries.len() as u64;
+        let oldest = batch.oldest_received;
         if batch.entries.is_empty() && batch.rejections.is_empty() {
             // Only barriers: every earlier batch of this writer is committed.
             let report = BatchReport {
@@ -63,6 +64,11 @@ pub(crate) async fn write_loop(
         }
         match commit(&ctx, batch, &mut state).await {
             Ok(report) => {
+                if let Some(t) = oldest {
+                    // The batch's worst receipt-to-commit lag (its oldest row's): what the
+                    // stream benchmark reads, and the future `mdingest_ingest_lag_seconds`.
+                    tracing::debug!(target: "mdingest::lag", shard, rows = n, lag_us = t.elapsed().as_micros() as u64, "batch committed");
+                }
                 let totals = &mut state.totals;
                 totals.batches += 1;
                 totals.counts.add(&report.counts);

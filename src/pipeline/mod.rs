@@ -78,6 +78,7 @@ impl Queue {
                 rejections: std::mem::replace(&mut chunk.rejections, rest_rejections),
                 ack: chunk.ack.clone(),
                 barrier: None,
+                received: chunk.received,
             };
             self.send_one(head).await?;
         }
@@ -266,6 +267,7 @@ impl Router {
             rejections,
             ack,
             barrier,
+            received,
         } = chunk;
         if let Some(symbol) = barrier {
             let shard = self.shard_of(symbol.as_str());
@@ -274,6 +276,7 @@ impl Router {
         for r in rejections {
             let shard = self.shard_of(r.symbol.as_deref().unwrap_or(""));
             self.add(shard, ack.as_ref(), |b| {
+                b.note_received(received);
                 b.rejections.push(r);
                 b.rejected_bars += 1;
             })
@@ -283,6 +286,7 @@ impl Router {
             let shard = self.shard_of(bar.symbol.as_str());
             let problems = validate::check(&bar, self.timeframes.of(bar.source), now);
             self.add(shard, ack.as_ref(), |b| {
+                b.note_received(received);
                 if problems.is_empty() {
                     b.entries.push(Staged { bar, mode });
                 } else {

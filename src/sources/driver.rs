@@ -78,6 +78,7 @@ impl SourceContext {
         if chunk.ack.is_none() {
             chunk.ack = Some(self.ack.clone());
         }
+        chunk.received.get_or_insert_with(Instant::now);
         let depth = self.queue.clone();
         waiting_noted(self.queue.send(chunk), move || {
             format!(
