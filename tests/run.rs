@@ -299,3 +299,95 @@ async fn a_frozen_database_holds_bars_back_and_the_next_start_gap_fills_them() {
         "stored rows differ from the series"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_cut_while_bars_stream_loses_nothing() {
+    let db = TestDb::migrated("run_cut").await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let (from, to) = recent_session_stretch();
+    let sim = Simulator::start(sim_config(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 3.0,
+            ..WsConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let through = proxy.url(&db.url);
+    let child = spawn_mdingest_env(&run_args(&cfg), &[("MDINGEST__DATABASE__URL", &through)]);
+    wait_until("some bars stored", 30, async || {
+        stored(&db).await.len() >= 6
+    })
+    .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore().await;
+    let want = expected(from, to);
+    wait_until("every bar stored", 60, async || {
+        stored(&db).await.len() >= want.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        stored(&db).await == want,
+        "stored rows differ from the series"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_replaced_by_the_watchdog_and_nothing_is_missed() {
+    let db = TestDb::migrated("run_silent").await;
+    let (from, to) = recent_session_stretch();
+    let sim = Simulator::start(sim_config(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 4.0,
+            faults: vec![WsFault::Silence {
+                after_frames: 6,
+                for_: Duration::from_secs(30),
+            }],
+            ..WsConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // stale_after_secs = 2: a connection silent that long is replaced within a few seconds.
+    let cfg = config(&db, dir.path(), &sim);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("stale_after_secs = 5", "stale_after_secs = 2"),
+    )
+    .unwrap();
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_until("a second connection", 15, async || {
+        sim.ws_connections().len() >= 2
+    })
+    .await;
+    let conns = sim.ws_connections();
+    let silent_for = conns[1].at.duration_since(conns[0].at);
+    assert!(
+        silent_for < Duration::from_secs(10),
+        "replaced after {silent_for:?}"
+    );
+    let want = expected(from, to);
+    wait_until("every bar stored", 60, async || {
+        stored(&db).await.len() >= want.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        stored(&db).await == want,
+        "stored rows differ from the series"
+    );
+}

@@ -249,8 +249,14 @@ pub fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
 
 /// The binary started with `args`, its output piped.
 pub fn spawn_mdingest(args: &[&str]) -> std::process::Child {
+    spawn_mdingest_env(args, &[])
+}
+
+/// The binary started with `args` and extra environment variables, its output piped.
+pub fn spawn_mdingest_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -324,5 +330,68 @@ pub async fn wait_for_rows(db: &TestDb, sql: &str) {
             "nothing in 60 s: {sql}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut (every connection reset, new ones
+/// refused) and restore on the same port: a database that goes away and comes back.
+pub struct Proxy {
+    pub port: u16,
+    target: std::net::SocketAddr,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let target: std::net::SocketAddr = target.parse().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy {
+            port,
+            target,
+            task: Default::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target;
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Every connection through the proxy is dropped and the port refuses new ones.
+    pub fn cut(&self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            // Aborting the accept loop drops its JoinSet, which aborts every connection.
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.serve(listener);
+    }
+
+    /// `url` (a PostgreSQL URL on 127.0.0.1:5432) through this proxy.
+    pub fn url(&self, url: &str) -> String {
+        url.replacen(
+            &format!("127.0.0.1:{}", self.target.port()),
+            &format!("127.0.0.1:{}", self.port),
+            1,
+        )
     }
 }
