@@ -1,27 +1,53 @@
-"""The import benchmark (run through scripts/bench, which provisions and builds first).
+"""The import and backfill benchmarks (run through scripts/bench, which provisions and builds first).
 
 Each contender loads the same rows into a fresh, identical `data_ingestion.market_data` (made by
-`mdingest migrate`), all in this one run, so the ratios compare like with like on this machine:
+`mdingest migrate`), all in this one run, so the ratios compare like with like on this machine.
+
+Import (a Polygon flat file, 1000 symbols x 1000 minutes by default):
 
   mdingest import          the flat file (window_start in ns), COPY-merge pipeline
   psql \\copy               raw COPY of the same rows, already in the table's shape
   psql staging upsert      \\copy into a temp table, then INSERT ... ON CONFLICT DO UPDATE
   (again over existing rows: mdingest re-import vs the same psql staging upsert)
+
+Backfill (mdingest-sim serving 10 symbols' minute bars of 2024 by default, about 1,000,000 bars):
+
+  simulator alone          every page of the backfill's windows (the 30-day grid), fetched with
+                           http.client by 4 threads: the transfer alone, nothing stored
+  mdingest backfill        the same windows through the REST client and the pipeline, fresh,
+                           then again with --force over the loaded table (identical rows)
+  psql \\copy / staging upsert of the same rows, written as a table-shaped CSV from the
+                           simulator's pages in a separate, untimed pass
+
+Before each contender: a CHECKPOINT, and a wait (up to 5 minutes) for the machine to be quiet.
+While it runs, the CPU used by the client (psql, mdingest, this script), the simulator,
+PostgreSQL (the processes working for the contender's database) and everything else is recorded
+and printed; a figure that other processes disturbed is named at the end.
 """
 import argparse
 import os
-import resource
+import queue
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from http.client import HTTPConnection
+from urllib.parse import urlsplit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "mdingest")
+SIM = os.path.join(ROOT, "target", "release", "mdingest-sim")
+CONFIG = os.path.join(ROOT, "config", "mdingest.toml")
 OUT = os.path.join(ROOT, "bench-out")
 os.environ["PGOPTIONS"] = "-c client_min_messages=warning"
 ADMIN = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+GNU_TIME = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def db_url(name):
@@ -38,14 +64,275 @@ def psql_script(url, script):
                    check=True, stdout=subprocess.DEVNULL)
 
 
+def psql_value(url, sql):
+    out = subprocess.run(["psql", url, "-XtAc", sql], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def fresh_db(name):
     psql(ADMIN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     psql(ADMIN, f'CREATE DATABASE "{name}"')
     env = dict(os.environ, MDINGEST__DATABASE__URL=db_url(name))
-    subprocess.run([BIN, "--config", os.path.join(ROOT, "config", "mdingest.toml"), "migrate"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([BIN, "--config", CONFIG, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     return db_url(name)
 
+
+def drop_dbs(names):
+    for name in names:
+        psql(ADMIN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fail(msg):
+    print(f"bench: FAILED: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing, and where the CPU went: this process, its children (psql, mdingest), the simulator,
+# PostgreSQL, and everything else on the machine (another build or test run skews a figure).
+
+def cpu_snapshot():
+    """(busy, all) CPU ticks of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def proc_ticks(pid, children_too=False):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the comm: state is fields[0]; utime, stime, cutime, cstime are fields[11..14].
+    t = int(fields[11]) + int(fields[12])
+    if children_too:
+        t += int(fields[13]) + int(fields[14])
+    return t
+
+
+def postmaster_pid():
+    """The PostgreSQL server's main process here, or None (another machine, or not readable)."""
+    try:
+        data_dir = psql_value(ADMIN, "SHOW data_directory")
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            pid = int(f.readline())
+        with open(f"/proc/{pid}/task/{pid}/children"):
+            return pid
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
+
+
+# A client backend's title names its user, database and peer: "... postgres mydb 127.0.0.1(5678) idle".
+CLIENT_TITLE = re.compile(r"\(\d+\)|\[local\]")
+
+
+class PostgresSampler:
+    """CPU-seconds of the PostgreSQL processes working for one database: its client backends and
+    the server's own (checkpointer, WAL writer, autovacuum, ...), not other databases' backends
+    (another test run's: those count as `others`). Sampled from /proc every 20 ms, since a
+    backend's CPU vanishes with it."""
+
+    def __init__(self, postmaster, db):
+        self.postmaster, self.db = postmaster, db
+        self.seen = {}  # (pid, start time) -> [ticks at first sight, latest ticks, ours?]
+        self.first = True
+        self.sample()
+        self.first = False
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.wait(0.02):
+            self.sample()
+
+    def sample(self):
+        try:
+            with open(f"/proc/{self.postmaster}/task/{self.postmaster}/children") as f:
+                pids = f.read().split()
+        except OSError:
+            return
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                key = (pid, fields[19])
+                ticks = int(fields[11]) + int(fields[12])
+                entry = self.seen.get(key)
+                if entry is None:
+                    # Present when the clock started: only what it uses from now on counts.
+                    entry = self.seen[key] = [ticks if self.first else 0, ticks, None]
+                entry[1] = ticks
+                if entry[2] is None:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        title = f.read().replace(b"\0", b" ").decode(errors="replace")
+                    if CLIENT_TITLE.search(title):
+                        entry[2] = self.db is not None and self.db in title.split()
+            except (OSError, ValueError, IndexError):
+                pass
+
+    def stop(self):
+        """CPU-seconds since the start."""
+        self.done.set()
+        self.thread.join()
+        self.sample()
+        # A process never seen as a client backend is one of the server's own.
+        return sum(last - first for first, last, ours in self.seen.values()
+                   if ours is not False) / CLK_TCK
+
+
+POSTMASTER = "unknown"
+SIM_PID = None  # the running simulator's, if any
+RUNS = {}  # label -> what timed() measured
+BUSY_WARNINGS = []
+
+
+def probe():
+    me = os.times()
+    sim = None
+    if SIM_PID is not None:
+        try:
+            sim = proc_ticks(SIM_PID)
+        except OSError:
+            pass
+    return {"machine": cpu_snapshot()[0], "sim": sim,
+            "client": me.user + me.system + me.children_user + me.children_system}
+
+
+def wait_for_backends(db):
+    """Until db's client backends are gone (a client's backend outlives it briefly)."""
+    for _ in range(300):
+        if psql_value(ADMIN, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                             f"'client backend' AND datname = '{db}'") == "0":
+            break
+        time.sleep(0.01)
+
+
+def wait_quiet(label, limit_secs=300):
+    """Waits (up to limit_secs) until the machine is nearly idle, so that another process's
+    build or test run does not land in a contender's time; says so while waiting."""
+    waited = 0.0
+    while True:
+        a = cpu_snapshot()
+        time.sleep(0.5)
+        b = cpu_snapshot()
+        busy = (b[0] - a[0]) / max(1, b[1] - a[1])
+        if busy < 0.15:
+            return
+        if waited == 0:
+            print(f"  (the machine is {busy:.0%} busy with something else: waiting for it to calm down)",
+                  file=sys.stderr)
+        waited += 0.5
+        if waited >= limit_secs:
+            BUSY_WARNINGS.append(f"{label}: started while the machine was still {busy:.0%} busy after {limit_secs} s")
+            return
+
+
+def timed(label, fn, db):
+    """Seconds fn takes, loading into database db (None: no database). Every contender starts without the previous
+    one's dirty pages and WAL to write out, and on a quiet machine; the CPU each party used
+    meanwhile goes to RUNS[label]."""
+    global POSTMASTER
+    if POSTMASTER == "unknown":
+        POSTMASTER = postmaster_pid()
+    psql(ADMIN, "CHECKPOINT")
+    wait_quiet(label)
+    pg = PostgresSampler(POSTMASTER, db) if POSTMASTER else None
+    p0 = probe()
+    t0 = time.perf_counter()
+    fn()
+    t = time.perf_counter() - t0
+    p1 = probe()
+    if db:
+        wait_for_backends(db)
+    d = {k: (p1[k] - p0[k] if p0[k] is not None and p1[k] is not None else None) for k in p0}
+    for k in ("machine", "sim"):
+        if d[k] is not None:
+            d[k] /= CLK_TCK
+    d["postgres"] = pg.stop() if pg else None
+    known = d["client"] + (d["postgres"] or 0) + (d["sim"] or 0)
+    d["others"] = max(0.0, d["machine"] - known) if pg else None
+    d["seconds"] = t
+    RUNS[label] = d
+    if d["others"] is not None and d["others"] > 0.5 + 0.1 * t:
+        BUSY_WARNINGS.append(f"{label}: other processes used {d['others']:.1f} CPU-s of its {t:.1f} s")
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# Running mdingest: peak RSS.
+
+def vm_hwm_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tail(path):
+    with open(path) as f:
+        lines = f.read().strip().splitlines()
+    return " | ".join(lines[-3:])
+
+
+def run_measured(cmd, env):
+    """Runs cmd (stdout captured, stderr to bench-out/last-stderr.txt); returns (stdout, peak RSS
+    in kB). Peak RSS comes from GNU time when installed, else from polling the process's own
+    VmHWM every 2 ms (not getrusage of children: a forked child starts with its parent's
+    high-water mark, so that could report this Python process's peak)."""
+    err_path = os.path.join(OUT, "last-stderr.txt")
+    with open(err_path, "w") as err:
+        if GNU_TIME:
+            stats = os.path.join(OUT, "time.txt")
+            p = subprocess.run([GNU_TIME, "-f", "%M", "-o", stats] + cmd, env=env,
+                               stdout=subprocess.PIPE, stderr=err, text=True)
+            if p.returncode != 0:
+                fail(f"{' '.join(cmd[3:])} exited {p.returncode}: {tail(err_path)}")
+            with open(stats) as f:
+                return p.stdout, int(f.read().split()[-1])
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = []
+        reader = threading.Thread(target=lambda: out.append(p.stdout.read()), daemon=True)
+        reader.start()
+        peak = 0
+        while p.poll() is None:
+            peak = max(peak, vm_hwm_kb(p.pid))
+            time.sleep(0.002)
+        reader.join()
+        if p.returncode != 0:
+            fail(f"{' '.join(cmd[3:])} exited {p.returncode}: {tail(err_path)}")
+        return out[0], peak
+
+
+def db_of(url):
+    return url.rsplit("/", 1)[1]
+
+
+def measured(label, cmd, env):
+    """(seconds, stdout, peak RSS kB) of one timed run of cmd."""
+    res = {}
+
+    def go():
+        res["out"], res["rss"] = run_measured(cmd, env)
+
+    t = timed(label, go, db_of(env["MDINGEST__DATABASE__URL"]))
+    return t, res["out"], res["rss"]
+
+
+def summary_counts(text):
+    """The numbers of mdingest's summary (`  inserted   1000`)."""
+    counts = {}
+    for line in text.splitlines():
+        m = re.match(r"\s+(\w[\w/ ]*?)\s+(\d+)$", line)
+        if m:
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Import.
 
 def generate(symbols, minutes):
     os.makedirs(OUT, exist_ok=True)
@@ -72,39 +359,23 @@ def generate(symbols, minutes):
     return flat, table
 
 
-def timed(fn):
-    # Every contender starts without the previous one's dirty pages and WAL to write out.
-    psql(ADMIN, "CHECKPOINT")
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def mdingest_import(url, flat):
-    """Seconds and peak RSS in kB (GNU time when installed, else getrusage of children)."""
+def mdingest_import(label, url, flat):
+    """Seconds and peak RSS in kB."""
     env = dict(os.environ, MDINGEST__DATABASE__URL=url)
-    cmd = [BIN, "--config", os.path.join(ROOT, "config", "mdingest.toml"),
-           "import", "--format", "polygon-flatfile", flat]
-    rss_file = os.path.join(OUT, "rss.txt")
-    gnu_time = shutil.which("time") or (os.path.exists("/usr/bin/time") and "/usr/bin/time")
-    if gnu_time:
-        cmd = [gnu_time, "-f", "%M", "-o", rss_file] + cmd
-    t = timed(lambda: subprocess.run(cmd, env=env, check=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    if gnu_time:
-        with open(rss_file) as f:
-            return t, int(f.read().split()[-1])
-    return t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    cmd = [BIN, "--config", CONFIG, "import", "--format", "polygon-flatfile", flat]
+    t, _, rss_kb = measured(label, cmd, env)
+    return t, rss_kb
 
 
 COLS = "(symbol, timestamp, open, high, low, close, volume, data_source)"
 
 
-def psql_copy(url, table):
-    return timed(lambda: psql_script(url, f"\\copy data_ingestion.market_data {COLS} FROM '{table}' WITH (FORMAT csv)\n"))
+def psql_copy(label, url, table):
+    return timed(label, lambda: psql_script(url, f"\\copy data_ingestion.market_data {COLS} FROM '{table}' WITH (FORMAT csv)\n"),
+                 db_of(url))
 
 
-def psql_staging_upsert(url, table):
+def psql_staging_upsert(label, url, table):
     script = f"""
 BEGIN;
 CREATE TEMP TABLE stage (LIKE data_ingestion.market_data INCLUDING DEFAULTS) ON COMMIT DROP;
@@ -116,67 +387,405 @@ SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
     close = EXCLUDED.close, volume = EXCLUDED.volume;
 COMMIT;
 """
-    return timed(lambda: psql_script(url, script))
+    return timed(label, lambda: psql_script(url, script), db_of(url))
 
 
 def count(url):
-    out = subprocess.run(["psql", url, "-XtAc", "SELECT count(*) FROM data_ingestion.market_data"],
-                         check=True, capture_output=True, text=True)
-    return int(out.stdout.strip())
+    return int(psql_value(url, "SELECT count(*) FROM data_ingestion.market_data"))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--symbols", type=int, default=1000)
-    ap.add_argument("--rows-per-symbol", type=int, default=1000)
-    args = ap.parse_args()
+def print_table(rows, part, names):
+    print(f"{'contender':<44} {'seconds':>8} {'rows/s':>10}")
+    for name in names:
+        t = RUNS[f"{part}: {name}"]["seconds"]
+        print(f"{name:<44} {t:>8.2f} {rows / t:>10.0f}")
+    print()
+
+
+def print_cpu(part, names):
+    """Where the time went: each party's CPU-seconds while a contender ran."""
+    fmt = lambda v: f"{v:8.2f}" if v is not None else "       ?"
+    print("CPU-seconds while each ran (2 cores: at most 2 a second; client = psql, mdingest or python)")
+    print(f"{'contender':<44} {'wall':>8} {'client':>8} {'sim':>8} {'postgres':>8} {'others':>8}")
+    for name in names:
+        r = RUNS[f"{part}: {name}"]
+        print(f"{name:<44} {r['seconds']:8.2f} {fmt(r['client'])} {fmt(r['sim']) if r['sim'] is not None else ' ' * 8}"
+              f" {fmt(r['postgres'])} {fmt(r['others'])}")
+    print()
+
+
+def print_checks(checks, rss_mb):
+    for name, ratio, target in checks:
+        verdict = "ok" if ratio >= target else "BELOW TARGET"
+        print(f"{name:<50} {ratio:5.2f}x  (target >= {target}x)  {verdict}")
+    verdict = "ok" if rss_mb <= 64 else "ABOVE TARGET"
+    print(f"{'mdingest peak RSS':<50} {rss_mb:5.1f} MB (target <= 64 MB)  {verdict}")
+    print()
+
+
+IMPORT_NAMES = [
+    "psql \\copy (raw, fresh table)",
+    "psql staging upsert (fresh table)",
+    "psql staging upsert (existing rows)",
+    "mdingest import (fresh table)",
+    "mdingest import (identical re-import)",
+]
+
+
+def bench_import(args):
     rows = args.symbols * args.rows_per_symbol
     print(f"generating {rows} minute bars ({args.symbols} symbols x {args.rows_per_symbol} minutes)", file=sys.stderr)
     flat, table = generate(args.symbols, args.rows_per_symbol)
+    copy, stage, stage_again, md, md_again = (f"import: {n}" for n in IMPORT_NAMES)
 
     print("psql \\copy into a fresh table ...", file=sys.stderr)
     url = fresh_db("mdbench_copy")
-    t_copy = psql_copy(url, table)
+    t_copy = psql_copy(copy, url, table)
     assert count(url) == rows
 
     print("psql staging upsert into a fresh table, then again over the existing rows ...", file=sys.stderr)
     url = fresh_db("mdbench_psql")
-    t_stage = psql_staging_upsert(url, table)
-    t_stage_again = psql_staging_upsert(url, table)
+    t_stage = psql_staging_upsert(stage, url, table)
+    t_stage_again = psql_staging_upsert(stage_again, url, table)
     assert count(url) == rows
 
     print("mdingest import into a fresh database, then the identical file again ...", file=sys.stderr)
     url = fresh_db("mdbench_mdingest")
-    t_md, rss_kb = mdingest_import(url, flat)
+    t_md, rss_kb = mdingest_import(md, url, flat)
     assert count(url) == rows, "mdingest did not load every row"
-    t_md_again, rss2_kb = mdingest_import(url, flat)
+    t_md_again, rss2_kb = mdingest_import(md_again, url, flat)
     rss_mb = max(rss_kb, rss2_kb) / 1024
 
-    rate = lambda t: rows / t
     print()
+    print("== import ==")
     print(f"rows: {rows}")
-    print(f"{'contender':<42} {'seconds':>8} {'rows/s':>10}")
-    for name, t in [
-        ("psql \\copy (raw, fresh table)", t_copy),
-        ("psql staging upsert (fresh table)", t_stage),
-        ("psql staging upsert (existing rows)", t_stage_again),
-        ("mdingest import (fresh table)", t_md),
-        ("mdingest import (identical re-import)", t_md_again),
-    ]:
-        print(f"{name:<42} {t:>8.2f} {rate(t):>10.0f}")
-    print()
-    checks = [
+    print_table(rows, "import", IMPORT_NAMES)
+    print_checks([
         ("import vs psql staging upsert", t_stage / t_md, 1.0),
         ("import vs raw psql \\copy", t_copy / t_md, 0.8),
         ("re-import vs psql staging upsert (existing)", t_stage_again / t_md_again, 2.0),
-    ]
-    for name, ratio, target in checks:
-        verdict = "ok" if ratio >= target else "BELOW TARGET"
-        print(f"{name:<46} {ratio:5.2f}x  (target >= {target}x)  {verdict}")
-    verdict = "ok" if rss_mb <= 64 else "ABOVE TARGET"
-    print(f"{'mdingest peak RSS':<46} {rss_mb:5.1f} MB (target <= 64 MB)  {verdict}")
-    for name in ["mdbench_copy", "mdbench_psql", "mdbench_mdingest"]:
-        psql(ADMIN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    ], rss_mb)
+    print_cpu("import", IMPORT_NAMES)
+    sys.stdout.flush()
+    drop_dbs(["mdbench_copy", "mdbench_psql", "mdbench_mdingest"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Backfill.
+
+SIM_KEY = "bench-sim-key-0123456789"
+# backfill.rs: windows of 30 days on a fixed grid counted from Sunday 1970-01-04 00:00 UTC.
+GRID_ORIGIN = 3 * 86_400
+WINDOW = 30 * 86_400
+
+
+def ny_midnight(day):
+    """The first instant of a New York date, as epoch seconds (what --from D means)."""
+    from zoneinfo import ZoneInfo
+    d = datetime.strptime(day, "%Y-%m-%d")
+    return int(d.replace(tzinfo=ZoneInfo("America/New_York")).timestamp())
+
+
+def backfill_windows(date_from, date_to):
+    """The grid's windows overlapping [from, to] (New York dates, inclusive), none starting in the
+    future, as (from_ms, to_ms inclusive), as backfill.rs plans and fetches them."""
+    start = ny_midnight(date_from)
+    end = ny_midnight((datetime.strptime(date_to, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d"))
+    now_ms = int(time.time() * 1000)
+    k = (start - GRID_ORIGIN) // WINDOW
+    out = []
+    while True:
+        s = GRID_ORIGIN + k * WINDOW
+        if s >= end or s * 1000 > now_ms:
+            break
+        out.append((s * 1000, min((s + WINDOW) * 1000 - 1, now_ms)))
+        k += 1
+    return out
+
+
+class Sim:
+    """mdingest-sim on an ephemeral loopback port, stopped with SIGTERM."""
+
+    def __init__(self, symbols, date_from, date_to):
+        os.makedirs(OUT, exist_ok=True)
+        self.log = open(os.path.join(OUT, "sim.log"), "w")
+        self.proc = subprocess.Popen(
+            [SIM, "--listen", "127.0.0.1:0", "--api-key", SIM_KEY, "--symbols", ",".join(symbols),
+             "--from", date_from, "--to", date_to, "--page-size", "50000"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline().strip()
+        m = re.match(r"mdingest-sim listening on (http://127\.0\.0\.1:(\d+))$", line)
+        if not m:
+            self.stop()
+            fail(f"mdingest-sim did not start (it said {line!r}; see bench-out/sim.log)")
+        self.url, self.port = m.group(1), int(m.group(2))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def aggs_path(symbol, from_ms, to_ms):
+    return (f"/v2/aggs/ticker/{symbol}/range/1/minute/{from_ms}/{to_ms}"
+            "?adjusted=false&sort=asc&limit=50000")
+
+
+RESULTS_COUNT = re.compile(rb'"resultsCount":(\d+)')
+NEXT_URL = b'"next_url":"'
+
+
+def get_pages(conn, symbol, from_ms, to_ms):
+    """Yields each page's body of one window, following next_url."""
+    path = aggs_path(symbol, from_ms, to_ms)
+    headers = {"Authorization": f"Bearer {SIM_KEY}"}
+    while path:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            fail(f"simulator: HTTP {resp.status} for {symbol} {from_ms}..{to_ms}: {body[:200]!r}")
+        yield body
+        i = body.rfind(NEXT_URL)
+        path = None
+        if i >= 0:
+            raw = body[i + len(NEXT_URL):body.index(b'"', i + len(NEXT_URL))].decode()
+            u = urlsplit(raw.replace("\\/", "/"))
+            path = u.path + ("?" + u.query if u.query else "")
+
+
+def fetch_all(sim, tasks, threads=4):
+    """Fetches every page of every (symbol, from_ms, to_ms) with `threads` threads, each on its own
+    keep-alive connection; counts bars and bytes, stores nothing. Returns (seconds, bars, pages,
+    bytes)."""
+    q = queue.Queue()
+    for t in tasks:
+        q.put(t)
+    totals = []
+    errors = []
+
+    def worker():
+        conn = HTTPConnection("127.0.0.1", sim.port, timeout=60)
+        bars = pages = size = 0
+        try:
+            while True:
+                try:
+                    symbol, f, t = q.get_nowait()
+                except queue.Empty:
+                    break
+                for body in get_pages(conn, symbol, f, t):
+                    m = RESULTS_COUNT.search(body, 0, 200)
+                    bars += int(m.group(1)) if m else 0
+                    pages += 1
+                    size += len(body)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            conn.close()
+        totals.append((bars, pages, size))
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - t0
+    if errors:
+        fail(f"simulator alone: {errors[0]!r}")
+    return (seconds, sum(b for b, _, _ in totals), sum(p for _, p, _ in totals),
+            sum(s for _, _, s in totals))
+
+
+ONE = Decimal(1)
+
+
+def table_volume(v):
+    """A wire volume (`4110`, `642646396.0`, `25933.6`, `1.0471e+07`) rounded half away from
+    zero, as mdingest stores it: Decimal on the magnitude, never float."""
+    if isinstance(v, int):
+        return v
+    d = Decimal(v)
+    r = int(d.copy_abs().quantize(ONE, rounding=ROUND_HALF_UP))
+    return -r if d < 0 else r
+
+
+def write_table_csv(sim, tasks, path):
+    """Second, untimed pass: the simulator's bars as market_data rows (symbol, timestamp, open,
+    high, low, close, volume, data_source). Prices keep their wire text; returns the bars written."""
+    import json
+    conn = HTTPConnection("127.0.0.1", sim.port, timeout=60)
+    n = 0
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    with open(path + ".part", "w") as out:
+        for symbol, f, t in tasks:
+            for body in get_pages(conn, symbol, f, t):
+                page = json.loads(body, parse_float=str)
+                lines = []
+                for b in page.get("results", ()):
+                    ts = (epoch + timedelta(milliseconds=b["t"])).strftime("%Y-%m-%d %H:%M:%S+00")
+                    lines.append(f"{symbol},{ts},{b['o']},{b['h']},{b['l']},{b['c']},"
+                                 f"{table_volume(b['v'])},polygon\n")
+                out.writelines(lines)
+                n += len(lines)
+    conn.close()
+    os.replace(path + ".part", path)
+    return n
+
+
+def mdingest_backfill(label, url, sim, symbols, date_from, date_to, force):
+    """Seconds, peak RSS in kB and mdingest's summary of one `mdingest backfill` against sim."""
+    env = dict(os.environ,
+               MDINGEST__DATABASE__URL=url,
+               MDINGEST__SOURCES__POLYGON__ENABLED="true",
+               MDINGEST__SOURCES__POLYGON__API_KEY=SIM_KEY,
+               MDINGEST__SOURCES__POLYGON__REST_URL=sim.url,
+               # The simulator has no quota; config.rs validate() allows at most 100,000.
+               MDINGEST__SOURCES__POLYGON__REQUESTS_PER_MINUTE="100000",
+               MDINGEST__SOURCES__POLYGON__STREAM="false",
+               MDINGEST__SOURCES__POLYGON__SYMBOLS=",".join(symbols))
+    cmd = [BIN, "--config", CONFIG, "backfill", "--source", "polygon",
+           "--symbols", ",".join(symbols), "--from", date_from, "--to", date_to]
+    if force:
+        cmd.append("--force")
+    t, out, rss_kb = measured(label, cmd, env)
+    return t, rss_kb, out
+
+
+def table_digest(url):
+    return psql_value(url, """
+SELECT md5(string_agg(concat_ws(',', symbol, extract(epoch FROM timestamp)::bigint, open, high,
+                                low, close, volume, data_source), E'\\n'
+                      ORDER BY symbol, timestamp))
+FROM data_ingestion.market_data""")
+
+
+BACKFILL_NAMES = [
+    "simulator alone (4 threads, transfer only)",
+    "psql \\copy (raw, fresh table)",
+    "psql staging upsert (fresh table)",
+    "psql staging upsert (existing rows)",
+    "mdingest backfill (fresh table)",
+    "mdingest backfill --force (identical rows)",
+]
+
+
+def bench_backfill(args):
+    global SIM_PID
+    symbols = [s for s in args.backfill_symbols.split(",") if s]
+    tasks = [(s, f, t) for f, t in backfill_windows(args.backfill_from, args.backfill_to)
+             for s in sorted(symbols)]
+    windows = len(tasks) // max(1, len(symbols))
+    print(f"backfill: {len(symbols)} symbols, {args.backfill_from} to {args.backfill_to}: "
+          f"{windows} windows of 30 days each", file=sys.stderr)
+    alone, copy, stage, stage_again, md, md_again = (f"backfill: {n}" for n in BACKFILL_NAMES)
+    sim = Sim(symbols, args.backfill_from, args.backfill_to)
+    SIM_PID = sim.proc.pid
+    dbs = ["mdbench_bf_copy", "mdbench_bf_psql", "mdbench_bf_mdingest"]
+    try:
+        print(f"simulator alone: {len(tasks)} requests with 4 threads ...", file=sys.stderr)
+        res = {}
+        t_alone = timed(alone, lambda: res.setdefault("r", fetch_all(sim, tasks)), None)
+        t_transfer, rows, pages, size = res["r"]
+        # The transfer's own clock (threads started to all joined) is the figure.
+        RUNS[alone]["seconds"] = t_transfer
+        del t_alone
+        if rows < 1:
+            fail("the simulator served no bars")
+        print(f"simulator alone: {rows} bars in {pages} pages ({size / 1e6:.0f} MB) in {t_transfer:.2f} s",
+              file=sys.stderr)
+
+        print("writing the same bars as a table-shaped CSV (untimed) ...", file=sys.stderr)
+        table = os.path.join(OUT, "backfill_table_rows.csv")
+        written = write_table_csv(sim, tasks, table)
+        if written != rows:
+            fail(f"the CSV pass got {written} bars, the timed pass {rows}")
+
+        print("psql \\copy into a fresh table ...", file=sys.stderr)
+        url_copy = fresh_db("mdbench_bf_copy")
+        t_copy = psql_copy(copy, url_copy, table)
+        if count(url_copy) != rows:
+            fail(f"psql \\copy loaded {count(url_copy)} rows, expected {rows}")
+
+        print("psql staging upsert into a fresh table, then again over the existing rows ...", file=sys.stderr)
+        url = fresh_db("mdbench_bf_psql")
+        t_stage = psql_staging_upsert(stage, url, table)
+        t_stage_again = psql_staging_upsert(stage_again, url, table)
+        if count(url) != rows:
+            fail(f"psql staging upsert left {count(url)} rows, expected {rows}")
+        drop_dbs(["mdbench_bf_psql"])
+
+        print("mdingest backfill into a fresh database, then again with --force ...", file=sys.stderr)
+        url = fresh_db("mdbench_bf_mdingest")
+        span = (args.backfill_from, args.backfill_to)
+        t_md, rss_kb, out = mdingest_backfill(md, url, sim, symbols, *span, force=False)
+        n = count(url)
+        if n != rows:
+            fail(f"after the backfill market_data holds {n} rows; the simulator served {rows}\n{out}")
+        s = summary_counts(out)
+        if s.get("inserted") != rows or s.get("rejected") != 0:
+            fail(f"the fresh backfill's summary is not {rows} inserted, 0 rejected:\n{out}")
+        t_md_again, rss2_kb, out = mdingest_backfill(md_again, url, sim, symbols, *span, force=True)
+        n = count(url)
+        if n != rows:
+            fail(f"after the re-backfill market_data holds {n} rows; expected {rows}\n{out}")
+        s = summary_counts(out)
+        if s.get("fetched") != rows or s.get("unchanged") != rows:
+            fail(f"the re-backfill's summary is not {rows} fetched, {rows} unchanged:\n{out}")
+        # The psql contenders loaded the very same rows, value for value.
+        if table_digest(url) != table_digest(url_copy):
+            fail("market_data after the backfill differs from the CSV the psql baselines loaded")
+    finally:
+        sim.stop()
+        SIM_PID = None
+        drop_dbs(dbs)
+
+    rss_mb = max(rss_kb, rss2_kb) / 1024
+    print()
+    print("== backfill ==")
+    print(f"rows: {rows} (minute bars of {len(symbols)} symbols, {args.backfill_from} to "
+          f"{args.backfill_to}; {pages} pages, {windows} windows per symbol)")
+    print_table(rows, "backfill", BACKFILL_NAMES)
+    print_checks([
+        ("backfill vs psql staging upsert", t_stage / t_md, 1.0),
+        ("backfill vs raw psql \\copy", t_copy / t_md, 0.8),
+        ("re-backfill vs psql staging upsert (existing)", t_stage_again / t_md_again, 2.0),
+    ], rss_mb)
+    print_cpu("backfill", BACKFILL_NAMES)
+    print(f"simulator alone: {rows / t_transfer:.0f} bars/s ({size / 1e6 / t_transfer:.0f} MB/s of JSON); "
+          f"the fresh backfill takes {t_md / t_transfer:.1f}x its time")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--symbols", type=int, default=1000, help="import: symbols in the flat file")
+    ap.add_argument("--rows-per-symbol", type=int, default=1000, help="import: minutes per symbol")
+    ap.add_argument("--backfill-symbols", default="AAPL,AMZN,GOOGL,JPM,META,MSFT,NVDA,TSLA,V,XOM",
+                    help="backfill: tickers the simulator serves (comma-separated)")
+    ap.add_argument("--backfill-from", default="2024-01-01", help="backfill: first New York date")
+    ap.add_argument("--backfill-to", default="2024-12-31", help="backfill: last New York date (inclusive)")
+    ap.add_argument("--skip-import", action="store_true", help="run only the backfill benchmark")
+    ap.add_argument("--skip-backfill", action="store_true", help="run only the import benchmark")
+    args = ap.parse_args()
+    if args.skip_import and args.skip_backfill:
+        ap.error("--skip-import and --skip-backfill together leave nothing to run")
+    os.makedirs(OUT, exist_ok=True)
+    build = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                           capture_output=True, text=True).stdout.strip()
+    # scripts/bench builds target/release from this checkout just before.
+    print(f"checkout {build or '(not a git checkout)'}; {os.cpu_count()} CPUs; "
+          f"PostgreSQL {psql_value(ADMIN, 'SHOW server_version')}")
+    if not args.skip_import:
+        bench_import(args)
+    if not args.skip_backfill:
+        bench_backfill(args)
+    for w in BUSY_WARNINGS:
+        print(f"warning: {w}: that figure is pessimistic", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -270,8 +270,11 @@ impl Router {
             received,
         } = chunk;
         if let Some(symbol) = barrier {
+            // Someone waits on it (a backfill task, to be marked done): the batch goes now
+            // instead of at its age limit, which would idle the waiting worker.
             let shard = self.shard_of(symbol.as_str());
-            return self.add(shard, ack.as_ref(), |b| b.barrier = true).await;
+            self.add(shard, ack.as_ref(), |b| b.barrier = true).await?;
+            return self.flush(shard).await;
         }
         for r in rejections {
             let shard = self.shard_of(r.symbol.as_deref().unwrap_or(""));
