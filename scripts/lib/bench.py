@@ -19,6 +19,10 @@ Backfill (mdingest-sim serving 10 symbols' minute bars of 2024 by default, about
   psql \\copy / staging upsert of the same rows, written as a table-shaped CSV from the
                            simulator's pages in a separate, untimed pass
 
+Stream (`mdingest run` on mdingest-sim's WebSocket replaying 1000 symbols at 50,000 bars/s in
+all): bars/s committed over 20 s, and each committed batch's receipt-to-commit lag (its oldest
+row's) as the daemon logs it at debug (target mdingest::lag).
+
 Before each contender: a CHECKPOINT, and a wait (up to 5 minutes) for the machine to be quiet.
 While it runs, the CPU used by the client (psql, mdingest, this script), the simulator,
 PostgreSQL (the processes working for the contender's database) and everything else is recorded
@@ -761,6 +765,91 @@ def bench_backfill(args):
           f"the fresh backfill takes {t_md / t_transfer:.1f}x its time")
 
 
+# ---------------------------------------------------------------------------------------------
+# The stream: `mdingest run` on the simulator's WebSocket at a fixed rate.
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_stream(args):
+    """`mdingest run` against mdingest-sim's stream replaying minute bars of many symbols at a
+    fixed total rate. Receipt-to-commit lag is what each committed batch logs (target
+    mdingest::lag): the age of its OLDEST row when its transaction committed, so the percentiles
+    are of each batch's worst bar, an upper bound for its other bars."""
+    symbols = [f"S{i:04d}" for i in range(args.stream_symbols)]
+    per_symbol = args.stream_rate / len(symbols)
+    # Far enough back that the replay never catches up with the clock during the run.
+    live_from = (datetime.now(timezone.utc) - timedelta(days=14)).strftime("%Y-%m-%d")
+    url = fresh_db("mdbench_stream")
+    sim_log = open(os.path.join(OUT, "sim-stream.log"), "w")
+    sim = subprocess.Popen(
+        [SIM, "--listen", "127.0.0.1:0", "--api-key", SIM_KEY, "--symbols", ",".join(symbols),
+         "--ws-bars-per-sec", f"{per_symbol}", "--ws-live-from", live_from],
+        stdout=subprocess.PIPE, stderr=sim_log, text=True)
+    rest = sim.stdout.readline().strip().removeprefix("mdingest-sim listening on ")
+    ws = sim.stdout.readline().strip().removeprefix("mdingest-sim stream on ")
+    if not ws.startswith("ws://"):
+        sim.kill()
+        fail("mdingest-sim did not start its stream (see bench-out/sim-stream.log)")
+    env = dict(os.environ,
+               MDINGEST__DATABASE__URL=url,
+               MDINGEST__SOURCES__POLYGON__ENABLED="true",
+               MDINGEST__SOURCES__POLYGON__API_KEY=SIM_KEY,
+               MDINGEST__SOURCES__POLYGON__REST_URL=rest,
+               MDINGEST__SOURCES__POLYGON__WS_URL=ws,
+               MDINGEST__SOURCES__POLYGON__SYMBOLS=",".join(symbols),
+               MDINGEST__SOURCES__POLYGON__REQUESTS_PER_MINUTE="100000",
+               MDINGEST__SOURCES__POLYGON__STREAM="true",
+               MDINGEST__SERVICE__GAP_FILL_LOOKBACK_SECS="60",
+               RUST_LOG="info,mdingest::lag=debug")
+    err_path = os.path.join(OUT, "run-stream.log")
+    print(f"stream: {len(symbols)} symbols at {per_symbol:g} bars/s each "
+          f"({args.stream_rate} bars/s) for {args.stream_secs} s after a 5 s start ...")
+    with open(err_path, "w") as err:
+        run = subprocess.Popen([BIN, "--config", CONFIG, "run"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=err)
+        peak, t0 = 0, time.monotonic()
+        counts = {}
+        while run.poll() is None:
+            peak = max(peak, vm_hwm_kb(run.pid))
+            t = time.monotonic() - t0
+            if "start" not in counts and t >= 5:
+                counts["start"] = (time.monotonic(), count(url))
+            if t >= 5 + args.stream_secs:
+                counts["end"] = (time.monotonic(), count(url))
+                run.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.01)
+        while run.poll() is None:
+            peak = max(peak, vm_hwm_kb(run.pid))
+            time.sleep(0.01)
+    sim.send_signal(signal.SIGTERM)
+    sim.wait(10)
+    if run.returncode != 0:
+        fail(f"mdingest run exited {run.returncode}: {tail(err_path)}")
+    lags = []
+    with open(err_path) as f:
+        for line in f:
+            m = re.search(r"lag_us=(\d+)", line)
+            if m and "batch committed" in line:
+                lags.append(int(m.group(1)) / 1000)
+    (ta, ca), (tb, cb) = counts["start"], counts["end"]
+    rate = (cb - ca) / (tb - ta)
+    max_age = 250
+    p99 = percentile(lags, 0.99)
+    print("\n== stream ==")
+    print(f"batches committed: {len(lags)}; rows stored: {count(url)}")
+    print(f"sustained            {rate:10.0f} bars/s committed (offered {args.stream_rate})")
+    print(f"lag p50              {percentile(lags, 0.5):10.1f} ms")
+    print(f"lag p99              {p99:10.1f} ms  (target <= batch_max_age_ms + 100 = {max_age + 100} ms)"
+          f"  {'ok' if p99 <= max_age + 100 else 'MISSED'}")
+    print(f"lag max              {max(lags):10.1f} ms")
+    print(f"mdingest peak RSS    {peak / 1024:10.1f} MB (target <= 64 MB)  {'ok' if peak <= 64 * 1024 else 'MISSED'}")
+    drop_dbs(["mdbench_stream"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--symbols", type=int, default=1000, help="import: symbols in the flat file")
@@ -769,11 +858,15 @@ def main():
                     help="backfill: tickers the simulator serves (comma-separated)")
     ap.add_argument("--backfill-from", default="2024-01-01", help="backfill: first New York date")
     ap.add_argument("--backfill-to", default="2024-12-31", help="backfill: last New York date (inclusive)")
-    ap.add_argument("--skip-import", action="store_true", help="run only the backfill benchmark")
-    ap.add_argument("--skip-backfill", action="store_true", help="run only the import benchmark")
+    ap.add_argument("--skip-import", action="store_true", help="skip the import benchmark")
+    ap.add_argument("--skip-backfill", action="store_true", help="skip the backfill benchmark")
+    ap.add_argument("--skip-stream", action="store_true", help="skip the stream benchmark")
+    ap.add_argument("--stream-symbols", type=int, default=1000, help="stream: symbols")
+    ap.add_argument("--stream-rate", type=int, default=50000, help="stream: bars/s in all")
+    ap.add_argument("--stream-secs", type=int, default=20, help="stream: seconds measured")
     args = ap.parse_args()
-    if args.skip_import and args.skip_backfill:
-        ap.error("--skip-import and --skip-backfill together leave nothing to run")
+    if args.skip_import and args.skip_backfill and args.skip_stream:
+        ap.error("every part skipped: nothing to run")
     os.makedirs(OUT, exist_ok=True)
     build = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                            capture_output=True, text=True).stdout.strip()
@@ -784,6 +877,8 @@ def main():
         bench_import(args)
     if not args.skip_backfill:
         bench_backfill(args)
+    if not args.skip_stream:
+        bench_stream(args)
     for w in BUSY_WARNINGS:
         print(f"warning: {w}: that figure is pessimistic", file=sys.stderr)
 
