@@ -339,8 +339,9 @@ fn scan_flat(raw: &str) -> Option<Fields<'_>> {
     Some(Fields { t, o, h, l, c, v })
 }
 
-/// `t` is an integer; an integral number in another spelling (`1.5e12`) is accepted too.
-fn epoch_ms(text: &str) -> Option<DateTime<Utc>> {
+/// Epoch milliseconds (REST's `t`, the stream's `s`): an integer, or an integral number in
+/// another spelling (`1.5e12`).
+pub(super) fn epoch_ms(text: &str) -> Option<DateTime<Utc>> {
     let ms = match text.parse::<i64>() {
         Ok(ms) => ms,
         Err(_) => {

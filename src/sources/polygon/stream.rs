@@ -21,8 +21,6 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
@@ -335,7 +333,7 @@ fn decode_event(raw: &RawValue) -> Option<PolygonEvent> {
                 "missing s (window start)".into(),
             )
         }
-        Some(t) => match epoch_ms(t) {
+        Some(t) => match super::decode::epoch_ms(t) {
             Some(ts) => ts,
             None => {
                 return reject(
@@ -390,26 +388,12 @@ fn ohlcv(w: &Wire<'_>) -> Result<[Decimal; 5], (&'static str, String)> {
     Ok(out)
 }
 
-/// `s` is an integer; an integral number in another spelling (`1.6e12`) is accepted too.
-fn epoch_ms(text: &str) -> Option<DateTime<Utc>> {
-    let ms = match text.parse::<i64>() {
-        Ok(ms) => ms,
-        Err(_) => {
-            let d = parse_decimal("s", text).ok()?;
-            if !d.fract().is_zero() {
-                return None;
-            }
-            d.to_i64()?
-        }
-    };
-    DateTime::from_timestamp_millis(ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ingest::{Action, Severity};
     use chrono::TimeZone;
+    use chrono::Utc;
     use std::str::FromStr;
 
     const MIXED: &str = include_str!("../../../tests/fixtures/polygon/ws_mixed.json");
