@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use common::*;
 use mdingest::domain::Timeframe;
 use mdingest::sim::{self, Fault, SimConfig, Simulator, SymbolFault};
-use rust_decimal::Decimal;
 
 const KEY: &str = "sim-secret-key-3141";
 /// Three windows of the 30-day grid (2024-01-03 .. 2024-04-01), weekdays only in the simulator.
@@ -92,44 +91,17 @@ fn grid(from: &str, to: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     )
 }
 
-type Row = (Decimal, Decimal, Decimal, Decimal, i64);
-
 /// What the simulator holds for `symbols` over the range's windows, as stored rows.
 fn expected(symbols: &[&str], from: &str, to: &str) -> BTreeMap<(String, i64), Row> {
     let mut out = BTreeMap::new();
     for (start, end) in grid(from, to) {
-        for s in symbols {
-            let last = end - chrono::Duration::milliseconds(1);
-            for b in sim::series(s, Timeframe::M1, start, last) {
-                out.insert(
-                    (s.to_string(), b.t_ms),
-                    (b.open, b.high, b.low, b.close, b.volume),
-                );
-            }
-        }
+        out.extend(series_rows(
+            symbols,
+            start,
+            end - chrono::Duration::milliseconds(1),
+        ));
     }
     out
-}
-
-async fn stored(db: &TestDb) -> BTreeMap<(String, i64), Row> {
-    let rows = db
-        .client()
-        .await
-        .query(
-            "SELECT symbol, (extract(epoch FROM timestamp) * 1000)::int8, open, high, low, close, volume
-             FROM data_ingestion.market_data WHERE data_source = 'polygon'",
-            &[],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1)),
-                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
-            )
-        })
-        .collect()
 }
 
 /// `(symbol, from_ms)` of every aggregates request that got an answer with bars or none.
@@ -157,7 +129,7 @@ async fn a_backfill_pages_and_lands_every_bar_exactly_with_the_key_only_in_a_hea
     let out = run(&args(&cfg, "AAPL,MSFT", FROM, TO), &[("RUST_LOG", "trace")]).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let want = expected(&["AAPL", "MSFT"], FROM, TO);
-    let got = stored(&db).await;
+    let got = stored_bars(&db).await;
     assert_eq!(got.len(), want.len());
     assert!(
         got == want,
@@ -246,7 +218,7 @@ async fn throttling_and_server_errors_are_retried_and_retry_after_is_honoured() 
     let out = run(&args(&cfg, "AAPL", "2024-01-10", "2024-01-12"), &small_pool).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(
-        stored(&db).await,
+        stored_bars(&db).await,
         expected(&["AAPL"], "2024-01-10", "2024-01-12")
     );
     let requests = sim.requests();
@@ -302,7 +274,10 @@ async fn a_weekend_has_no_bars_and_a_failing_symbol_is_named_while_the_rest_load
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("NOPE"), "{}", out.stderr);
     assert!(out.stderr.contains("404"), "{}", out.stderr);
-    assert_eq!(stored(&db).await, expected(&["AAPL", "MSFT"], FROM, TO));
+    assert_eq!(
+        stored_bars(&db).await,
+        expected(&["AAPL", "MSFT"], FROM, TO)
+    );
     let nope: Vec<String> = db
         .column("SELECT state FROM data_ingestion.ingestion_status WHERE symbol = 'NOPE'")
         .await;
@@ -377,7 +352,7 @@ async fn kill_9_then_a_rerun_fetches_only_what_is_left() {
         "the re-run fetched other windows than those left"
     );
     assert_eq!(
-        stored(&db).await,
+        stored_bars(&db).await,
         expected(&["AAPL", "MSFT", "IBM"], FROM, TO)
     );
 }
@@ -403,7 +378,7 @@ async fn two_concurrent_backfills_share_the_work_and_fetch_each_window_once() {
     unique.dedup();
     assert_eq!(fetched, unique, "a window was fetched twice");
     assert_eq!(fetched.len(), symbols.len() * grid(FROM, TO).len());
-    assert_eq!(stored(&db).await, expected(&symbols, FROM, TO));
+    assert_eq!(stored_bars(&db).await, expected(&symbols, FROM, TO));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +476,7 @@ async fn rejected_bars_are_logged_named_on_the_console_and_the_rest_load() {
         .into_iter()
         .partition(|((_, t), _)| sim::is_inconsistent(*t));
     assert!(bad.len() > 21, "{} spoiled bars", bad.len());
-    assert_eq!(stored(&db).await, good.into_iter().collect());
+    assert_eq!(stored_bars(&db).await, good.into_iter().collect());
     assert_eq!(
         summary_value(&out.stdout, "rejected"),
         bad.len().to_string()

@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use common::*;
 use mdingest::domain::Timeframe;
 use mdingest::sim::{self, SimConfig, Simulator, WsConfig, WsFault};
-use rust_decimal::Decimal;
 
 const KEY: &str = "sim-stream-key-2718";
 
@@ -65,44 +64,16 @@ fn config_with(db: &TestDb, dir: &Path, sim: &Simulator, shutdown_timeout: u64) 
     )
 }
 
+async fn start_sim(from: DateTime<Utc>, to: DateTime<Utc>, ws: WsConfig) -> Simulator {
+    Simulator::start(sim_config(from, to, ws)).await.unwrap()
+}
+
 fn run_args(cfg: &Path) -> Vec<&str> {
     vec!["--config", cfg.to_str().unwrap(), "run"]
 }
 
-type Row = (Decimal, Decimal, Decimal, Decimal, i64);
-
 fn expected(from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeMap<(String, i64), Row> {
-    let mut out = BTreeMap::new();
-    for s in ["AAPL", "MSFT"] {
-        for b in sim::series(s, Timeframe::M1, from, to) {
-            out.insert(
-                (s.to_string(), b.t_ms),
-                (b.open, b.high, b.low, b.close, b.volume),
-            );
-        }
-    }
-    out
-}
-
-async fn stored(db: &TestDb) -> BTreeMap<(String, i64), Row> {
-    let rows = db
-        .client()
-        .await
-        .query(
-            "SELECT symbol, (extract(epoch FROM timestamp) * 1000)::int8, open, high, low, close, volume
-             FROM data_ingestion.market_data",
-            &[],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1)),
-                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
-            )
-        })
-        .collect()
+    series_rows(&["AAPL", "MSFT"], from, to)
 }
 
 async fn wait_until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
@@ -127,7 +98,7 @@ async fn stop(child: std::process::Child) -> Measured {
 async fn through_a_disconnect_every_bar_lands_once_with_its_final_values() {
     let db = TestDb::migrated("run_stream").await;
     let (from, to) = recent_session_stretch();
-    let sim = Simulator::start(sim_config(
+    let sim = start_sim(
         from,
         to,
         WsConfig {
@@ -137,21 +108,20 @@ async fn through_a_disconnect_every_bar_lands_once_with_its_final_values() {
             faults: vec![WsFault::DisconnectAfterFrames(8)],
             ..WsConfig::default()
         },
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&db, dir.path(), &sim);
     let child = spawn_mdingest(&run_args(&cfg));
     let want = expected(from, to);
     wait_until("every bar stored", 60, async || {
-        stored(&db).await.len() >= want.len()
+        stored_bars(&db).await.len() >= want.len()
     })
     .await;
     let out = stop(child).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        stored(&db).await == want,
+        stored_bars(&db).await == want,
         "stored rows differ from the series"
     );
     assert!(sim.ws_connections().len() >= 2, "no reconnect happened");
@@ -171,16 +141,15 @@ async fn through_a_disconnect_every_bar_lands_once_with_its_final_values() {
 async fn a_refused_login_shows_in_ingestion_status_and_is_backed_off() {
     let db = TestDb::migrated("run_auth").await;
     let (from, to) = recent_session_stretch();
-    let sim = Simulator::start(sim_config(
+    let sim = start_sim(
         from,
         to,
         WsConfig {
             faults: vec![WsFault::AuthFailed; 10],
             ..WsConfig::default()
         },
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&db, dir.path(), &sim);
     let child = spawn_mdingest(&run_args(&cfg));
@@ -205,7 +174,7 @@ async fn a_refused_login_shows_in_ingestion_status_and_is_backed_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_starts_while_the_database_is_down_and_catches_up() {
     let (from, to) = recent_session_stretch();
-    let sim = Simulator::start(sim_config(
+    let sim = start_sim(
         from,
         to,
         WsConfig {
@@ -213,9 +182,8 @@ async fn the_daemon_starts_while_the_database_is_down_and_catches_up() {
             bars_per_sec: 20.0,
             ..WsConfig::default()
         },
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     // The database does not exist yet.
     let (name, url) = TestDb::unique_name("run_down");
     let db = TestDb::adopt(name.clone(), url);
@@ -231,12 +199,12 @@ async fn the_daemon_starts_while_the_database_is_down_and_catches_up() {
     mdingest::db::migrate::migrate(&db.url).await.unwrap();
     let want = expected(from, to);
     wait_until("every bar stored", 90, async || {
-        stored(&db).await.len() >= want.len()
+        stored_bars(&db).await.len() >= want.len()
     })
     .await;
     let out = stop(child).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(stored(&db).await == want);
+    assert!(stored_bars(&db).await == want);
     assert_eq!(
         out.stderr.matches("the database is unavailable").count(),
         1,
@@ -249,7 +217,7 @@ async fn the_daemon_starts_while_the_database_is_down_and_catches_up() {
 async fn a_frozen_database_holds_bars_back_and_the_next_start_gap_fills_them() {
     let db = TestDb::migrated("run_frozen").await;
     let (from, to) = recent_session_stretch();
-    let sim = Simulator::start(sim_config(
+    let sim = start_sim(
         from,
         to,
         WsConfig {
@@ -257,14 +225,13 @@ async fn a_frozen_database_holds_bars_back_and_the_next_start_gap_fills_them() {
             bars_per_sec: 3.0,
             ..WsConfig::default()
         },
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with(&db, dir.path(), &sim, 2);
     let child = spawn_mdingest(&run_args(&cfg));
     wait_until("some bars stored", 30, async || {
-        stored(&db).await.len() >= 6
+        stored_bars(&db).await.len() >= 6
     })
     .await;
     // The database freezes: nothing commits while the lock is held.
@@ -282,20 +249,20 @@ async fn a_frozen_database_holds_bars_back_and_the_next_start_gap_fills_them() {
         "{}",
         out.stderr
     );
-    let before = stored(&db).await.len();
+    let before = stored_bars(&db).await.len();
     assert!(before < expected(from, to).len());
 
     // The next start gap-fills from the last committed bar: nothing is lost for good.
     let child = spawn_mdingest(&run_args(&cfg));
     let want = expected(from, to);
     wait_until("every bar stored", 60, async || {
-        stored(&db).await.len() >= want.len()
+        stored_bars(&db).await.len() >= want.len()
     })
     .await;
     let out = stop(child).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        stored(&db).await == want,
+        stored_bars(&db).await == want,
         "stored rows differ from the series"
     );
 }
@@ -305,7 +272,7 @@ async fn a_database_cut_while_bars_stream_loses_nothing() {
     let db = TestDb::migrated("run_cut").await;
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let (from, to) = recent_session_stretch();
-    let sim = Simulator::start(sim_config(
+    let sim = start_sim(
         from,
         to,
         WsConfig {
@@ -313,15 +280,14 @@ async fn a_database_cut_while_bars_stream_loses_nothing() {
             bars_per_sec: 3.0,
             ..WsConfig::default()
         },
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&db, dir.path(), &sim);
     let through = proxy.url(&db.url);
     let child = spawn_mdingest_env(&run_args(&cfg), &[("MDINGEST__DATABASE__URL", &through)]);
     wait_until("some bars stored", 30, async || {
-        stored(&db).await.len() >= 6
+        stored_bars(&db).await.len() >= 6
     })
     .await;
     proxy.cut();
@@ -329,13 +295,13 @@ async fn a_database_cut_while_bars_stream_loses_nothing() {
     proxy.restore().await;
     let want = expected(from, to);
     wait_until("every bar stored", 60, async || {
-        stored(&db).await.len() >= want.len()
+        stored_bars(&db).await.len() >= want.len()
     })
     .await;
     let out = stop(child).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        stored(&db).await == want,
+        stored_bars(&db).await == want,
         "stored rows differ from the series"
     );
 }
@@ -344,7 +310,7 @@ async fn a_database_cut_while_bars_stream_loses_nothing() {
 async fn a_silent_stream_is_replaced_by_the_watchdog_and_nothing_is_missed() {
     let db = TestDb::migrated("run_silent").await;
     let (from, to) = recent_session_stretch();
-    let sim = Simulator::start(sim_config(
+    let sim = start_sim(
         from,
         to,
         WsConfig {
@@ -356,9 +322,8 @@ async fn a_silent_stream_is_replaced_by_the_watchdog_and_nothing_is_missed() {
             }],
             ..WsConfig::default()
         },
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     // stale_after_secs = 2: a connection silent that long is replaced within a few seconds.
     let cfg = config(&db, dir.path(), &sim);
@@ -381,13 +346,13 @@ async fn a_silent_stream_is_replaced_by_the_watchdog_and_nothing_is_missed() {
     );
     let want = expected(from, to);
     wait_until("every bar stored", 60, async || {
-        stored(&db).await.len() >= want.len()
+        stored_bars(&db).await.len() >= want.len()
     })
     .await;
     let out = stop(child).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        stored(&db).await == want,
+        stored_bars(&db).await == want,
         "stored rows differ from the series"
     );
 }

@@ -395,3 +395,46 @@ impl Proxy {
         )
     }
 }
+
+/// A stored bar's values: open, high, low, close, volume.
+pub type Row = (Decimal, Decimal, Decimal, Decimal, i64);
+
+/// Every polygon row of `market_data` by (symbol, epoch ms).
+pub async fn stored_bars(db: &TestDb) -> std::collections::BTreeMap<(String, i64), Row> {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT symbol, (extract(epoch FROM timestamp) * 1000)::int8, open, high, low, close, volume
+             FROM data_ingestion.market_data WHERE data_source = 'polygon'",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
+            )
+        })
+        .collect()
+}
+
+/// The simulator's bars of `symbols` in `[from, to]` as stored rows.
+pub fn series_rows(
+    symbols: &[&str],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> std::collections::BTreeMap<(String, i64), Row> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in symbols {
+        for b in mdingest::sim::series(s, mdingest::domain::Timeframe::M1, from, to) {
+            out.insert(
+                (s.to_string(), b.t_ms),
+                (b.open, b.high, b.low, b.close, b.volume),
+            );
+        }
+    }
+    out
+}
