@@ -21,17 +21,25 @@ const KEY: &str = "sim-stream-key-2718";
 /// gap-fill (a minute back) finds nothing and only the stream and the reconnect's gap-fill
 /// can bring its bars.
 fn recent_session_stretch() -> (DateTime<Utc>, DateTime<Utc>) {
-    let now = Utc::now();
-    let latest = now - chrono::Duration::minutes(35);
-    let last = sim::series(
+    let latest = Utc::now() - chrono::Duration::minutes(35);
+    let bars = sim::series(
         "AAPL",
         Timeframe::M1,
-        latest - chrono::Duration::days(5),
+        latest - chrono::Duration::days(6),
         latest,
-    )
-    .last()
-    .map(|b| DateTime::from_timestamp_millis(b.t_ms).unwrap())
-    .unwrap();
+    );
+    let at = |i: usize| DateTime::from_timestamp_millis(bars[i].t_ms).unwrap();
+    // The latest bar with a full half hour of its session before it (not one just after an
+    // open, which would leave only a few bars).
+    let last = (0..bars.len())
+        .rev()
+        .find(|&i| {
+            let from = at(i) - chrono::Duration::minutes(29);
+            let first = bars.partition_point(|b| b.t_ms < from.timestamp_millis());
+            i + 1 - first >= 25
+        })
+        .map(at)
+        .unwrap();
     (last - chrono::Duration::minutes(29), last)
 }
 
