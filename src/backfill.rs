@@ -409,22 +409,24 @@ async fn with_lease<T>(
     task: &Task,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    tokio::pin!(work);
-    let mut tick = tokio::time::interval(queue::RENEW_EVERY);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = tick.tick() => {
-                match queue::renew(client, task).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(symbol = %task.symbol, window = %task.start,
-                        "a backfill task's lease was lost (another worker may fetch it too; rows are upserted)"),
-                    Err(e) => tracing::warn!(error = %e, symbol = %task.symbol,
-                        "cannot renew a backfill task's lease"),
-                }
+    // A loop of its own, polled beside `work`: a slow renewal never holds up the fetch.
+    let renewals = async {
+        let mut tick = tokio::time::interval(queue::RENEW_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match queue::renew(client, task).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(symbol = %task.symbol, window = %task.start,
+                    "a backfill task's lease was lost (another worker may fetch it too; rows are upserted)"),
+                Err(e) => tracing::warn!(error = %e, symbol = %task.symbol,
+                    "cannot renew a backfill task's lease"),
             }
         }
+    };
+    tokio::select! {
+        out = work => out,
+        never = renewals => never,
     }
 }
 
