@@ -100,17 +100,7 @@ impl Source for PolygonLive {
         for s in &self.symbols {
             ctx.feeds().touched(s);
         }
-        if let Err(e) = set_feeds(
-            &ctx,
-            &self.symbols,
-            self.timeframe,
-            FeedState::Running,
-            None,
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "cannot create the stream feeds' rows");
-        }
+        self.mark_running(&ctx).await;
         let session = match Session::new(self.stream.clone(), self.stream.session_config()) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -146,17 +136,7 @@ impl Source for PolygonLive {
                         reconnect,
                         "polygon stream subscribed; gap-filling up to {at}"
                     );
-                    if let Err(e) = set_feeds(
-                        &ctx,
-                        &self.symbols,
-                        self.timeframe,
-                        FeedState::Running,
-                        None,
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "cannot mark the stream feeds running");
-                    }
+                    self.mark_running(&ctx).await;
                     let (ctx, rest, symbols) =
                         (ctx.clone(), self.rest.clone(), self.symbols.clone());
                     let (timeframe, lookback) = (self.timeframe, self.lookback);
@@ -200,6 +180,17 @@ impl Source for PolygonLive {
         gap_fills.abort_all();
         let _ = runner.await;
         end
+    }
+}
+
+impl PolygonLive {
+    /// Every configured symbol's `stream` row, created if missing, `running`: at start (so an
+    /// error shows before the first bar) and after every subscription (clearing an `error`).
+    async fn mark_running(&self, ctx: &SourceContext) {
+        let marked = set_feeds(ctx, &self.symbols, self.timeframe, FeedState::Running, None);
+        if let Err(e) = marked.await {
+            tracing::warn!(error = %e, "cannot mark the stream feeds running");
+        }
     }
 }
 

@@ -64,18 +64,30 @@ impl Shared {
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    // Owning the connection tasks here means aborting this task (stop or drop of the
-    // Simulator) aborts every connection too, pooled keep-alive ones included.
+    accept_each(listener, "", move |stream| {
+        serve(Arc::clone(&shared), stream)
+    })
+    .await
+}
+
+/// Accepts connections on `listener` for ever, serving each in its own task. Owning the
+/// connection tasks here means aborting this task (stop or drop of the Simulator) aborts every
+/// connection too, pooled keep-alive ones included.
+pub(crate) async fn accept_each<F, Fut>(listener: TcpListener, what: &str, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve(Arc::clone(&shared), stream));
+                    connections.spawn(serve(stream));
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!("mdingest-sim: accept failed: {e}");
+                    tracing::warn!("mdingest-sim: {what}accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -25,7 +25,6 @@ use chrono::{DateTime, NaiveTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -563,22 +562,10 @@ struct Conn {
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<WsShared>) {
-    // Owning the connection tasks here means aborting this task aborts every connection.
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(serve(Arc::clone(&shared), stream));
-                }
-                Err(e) => {
-                    tracing::warn!("mdingest-sim: stream accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+    super::server::accept_each(listener, "stream ", move |stream| {
+        serve(Arc::clone(&shared), stream)
+    })
+    .await
 }
 
 /// The upgrade serves `/stocks` only; anything else is a 404, as on Polygon's host.
