@@ -381,6 +381,16 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
                 let text = e.to_string();
                 queue::release(&client, &task, Some(&text)).await?;
                 shared.ctx.feeds().failed(&task.symbol, &text);
+                // Shown at once, also for a symbol that failed before its first bar.
+                db::status::upsert_error(
+                    &client,
+                    task.source,
+                    Mode::Backfill,
+                    task.timeframe,
+                    std::slice::from_ref(&task.symbol),
+                    &text,
+                )
+                .await?;
                 match e.blame() {
                     Blame::Account => {
                         lock(&shared.fatal).get_or_insert(text);
@@ -404,7 +414,7 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
 }
 
 /// Runs `work` while renewing the task's lease.
-async fn with_lease<T>(
+pub async fn with_lease<T>(
     client: &tokio_postgres::Client,
     task: &Task,
     work: impl std::future::Future<Output = T>,
@@ -430,17 +440,28 @@ async fn with_lease<T>(
     }
 }
 
-/// Fetches one window and waits until its bars are committed. `Ok(None)` when the run stopped
-/// first; `Ok(Some((bars, settled)))` once committed, `settled` false if a page was not final.
+/// Fetches one window and waits until its bars are committed.
 async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, PolygonError> {
-    let ctx = &shared.ctx;
-    // The window's future part has no bars yet (and a simulator would invent them).
+    fetch_task(&shared.ctx, &shared.rest, task, &shared.fetched).await
+}
+
+/// Fetches one task's window (a backfill window or a stream gap) into its feed and waits until
+/// its bars are committed. `Ok(None)` when the run stopped first; `Ok(Some((bars, settled)))`
+/// once committed, `settled` false if a page was not final. A window for which the vendor sent
+/// bars and none could be stored is an error (its quality rows are committed first).
+pub async fn fetch_task(
+    ctx: &SourceContext,
+    rest: &PolygonRest,
+    task: &Task,
+    fetched: &AtomicU64,
+) -> Result<Option<(i64, bool)>, PolygonError> {
+    // Nothing exists before 1970 (the grid's first window starts in 1969), and the window's
+    // future part has no bars yet (and a simulator would invent them).
+    let from = task.start.max(DateTime::UNIX_EPOCH);
     let to = (task.end - Duration::milliseconds(1)).min(Utc::now());
     let mut settled = true;
-    let mut pager = shared
-        .rest
-        .pages(&task.symbol, task.timeframe, task.start, to);
-    let mut bars = 0i64;
+    let mut pager = rest.pages(&task.symbol, task.timeframe, from, to);
+    let (mut bars, mut refused) = (0i64, 0u64);
     loop {
         let page = tokio::select! {
             p = pager.next() => p?,
@@ -450,14 +471,15 @@ async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, Polyg
         settled &= !page.delayed;
         let n = page.bars.len() + page.rejections.len();
         bars += page.bars.len() as i64;
-        shared.fetched.fetch_add(n as u64, Ordering::Relaxed);
+        refused += page.rejections.len() as u64;
+        fetched.fetch_add(n as u64, Ordering::Relaxed);
         if n == 0 {
             continue;
         }
         if !page.bars.is_empty() {
             ctx.feeds().touched(&task.symbol);
         }
-        let chunk = Chunk::new(Mode::Backfill, page.bars, page.rejections);
+        let chunk = Chunk::new(task.mode, page.bars, page.rejections);
         if ctx.send(chunk).await.is_err() {
             return Ok(None);
         }
@@ -466,10 +488,17 @@ async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, Polyg
     let committed = driver::waiting_noted(ctx.committed_through(&task.symbol), || {
         format!("committing {} bars of {}", bars, task.symbol)
     });
-    match committed.await {
-        Some(()) => Ok(Some((bars, settled))),
-        None => Ok(None),
+    if committed.await.is_none() {
+        return Ok(None);
     }
+    if bars == 0 && refused > 0 {
+        return Err(PolygonError::AllRefused {
+            symbol: task.symbol.clone(),
+            window: crate::sources::polygon::rest::window_text(from, to),
+            refused,
+        });
+    }
+    Ok(Some((bars, settled)))
 }
 
 #[cfg(test)]

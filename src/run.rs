@@ -3,27 +3,36 @@
 //! - it starts while the database is down, retrying with backoff and saying so at most once a
 //!   minute, and begins once the database answers;
 //! - every configured symbol has its `stream` row in `ingestion_status` from the start;
-//! - on start and after every reconnect, each feed gap-fills through REST from its committed
-//!   `last_bar_timestamp` (inclusive) or `gap_fill_lookback_secs` back, up to now; the stream's
-//!   data after the subscription covers the rest, so nothing falls between;
+//! - on start and after every reconnect, each feed's gap (from its committed
+//!   `last_bar_timestamp`, inclusive, or `gap_fill_lookback_secs` back, up to the subscription)
+//!   is recorded as a `stream` task of the work queue before any bar of the new connection is
+//!   sent on; gap workers fill pending gaps through REST, each done only once its bars are
+//!   committed, a failed one retried with backoff (and on every start), one symbol's failure
+//!   apart from the others'. The stream's data after the subscription covers the rest;
+//! - only bars of subscribed symbols, at most a day older than their connection, are stored;
 //! - SIGTERM/SIGINT: the sources stop, what is queued is committed, every feed becomes `idle`,
 //!   exit 0; if that takes longer than `shutdown_timeout_secs`, the writers give up and the exit
 //!   is 1, naming how many bars were not committed (the next start gap-fills them).
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
+use crate::backfill::{fetch_task, with_lease};
 use crate::config::{Config, PolygonConfig};
+use crate::db::backfill as queue;
 use crate::db::{self, DbError};
 use crate::domain::{DataSource, FeedState, Mode, Symbol, Timeframe};
 use crate::ingest::{Chunk, Rejection};
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
 use crate::sources::polygon::stream::{PolygonEvent, PolygonStream, PolygonStreamError};
+use crate::sources::polygon::rest::window_text;
 use crate::sources::polygon::{PolygonError, PolygonRest};
 use crate::sources::ws::{Session, SessionEvent};
 
@@ -78,6 +87,15 @@ struct PolygonLive {
     lookback: Duration,
 }
 
+/// Gap workers: each fetches one gap at a time, so a symbol whose gap keeps failing holds up
+/// one of them at most; the vendor's rate limit paces them all together.
+const GAP_WORKERS: usize = 4;
+/// A gap worker with nothing to do looks for gaps whose backoff has passed this often.
+const GAP_POLL: Duration = Duration::from_secs(2);
+/// A streamed bar older than this before its connection began is history, which comes
+/// through REST: a stream sending it is confused or lying.
+const STREAM_MAX_AGE: chrono::Duration = chrono::Duration::days(1);
+
 impl Source for PolygonLive {
     fn name(&self) -> &'static str {
         "run"
@@ -108,25 +126,32 @@ impl Source for PolygonLive {
                 return end;
             }
         };
+        let gaps = Arc::new(GapFill {
+            ctx: ctx.clone(),
+            rest: self.rest.clone(),
+            timeframe: self.timeframe,
+            symbols: self.symbols.clone(),
+            wake: Notify::new(),
+            fetched: AtomicU64::new(0),
+        });
+        // Gap-fills run beside the event loop: at 5 requests a minute they take minutes, and a
+        // session that is not read is dropped by the vendor. Pending gaps of an earlier run
+        // are taken up at once.
+        let mut workers = JoinSet::new();
+        for _ in 0..GAP_WORKERS {
+            workers.spawn(gaps.clone().worker());
+        }
         let (tx, mut rx) = mpsc::channel(64);
         let runner = {
             let (session, stop) = (session.clone(), ctx.stop().clone());
             tokio::spawn(async move { session.run(tx, stop).await })
         };
-        // Gap-fills run beside the event loop: at 5 requests a minute they take minutes, and a
-        // session that is not read is dropped by the vendor.
-        let mut gap_fills = JoinSet::new();
+        let subscribed: HashSet<Symbol> = self.symbols.iter().cloned().collect();
+        // When the current connection was subscribed; `None` between connections.
+        let mut connection: Option<DateTime<Utc>> = None;
         loop {
             let event = tokio::select! {
                 e = rx.recv() => e,
-                Some(done) = gap_fills.join_next() => {
-                    match done {
-                        Ok(Err(e)) => tracing::error!(error = %e, "gap-fill failed; the next reconnect or start fills it"),
-                        Ok(Ok(n)) => tracing::info!(bars = n, "gap-fill done"),
-                        Err(_) => {}
-                    }
-                    continue;
-                }
                 _ = ctx.stop().cancelled() => break,
             };
             let Some(event) = event else { break };
@@ -136,16 +161,18 @@ impl Source for PolygonLive {
                         reconnect,
                         "polygon stream subscribed; gap-filling up to {at}"
                     );
+                    // Recorded before this connection's first bar goes to the writers: once
+                    // one commits, `last_bar_timestamp` is past the gap.
+                    if !self.record_gaps(&ctx, at).await {
+                        break;
+                    }
+                    gaps.wake.notify_waiters();
+                    connection = Some(at);
                     self.mark_running(&ctx).await;
-                    let (ctx, rest, symbols) =
-                        (ctx.clone(), self.rest.clone(), self.symbols.clone());
-                    let (timeframe, lookback) = (self.timeframe, self.lookback);
-                    gap_fills.spawn(async move {
-                        gap_fill(&ctx, &rest, &symbols, timeframe, lookback).await
-                    });
                 }
                 SessionEvent::Data(events) => {
-                    let (bars, rejections) = split(events);
+                    let since = connection.unwrap_or_else(Utc::now) - STREAM_MAX_AGE;
+                    let (bars, rejections) = split(events, &subscribed, since);
                     if (!bars.is_empty() || !rejections.is_empty())
                         && ctx
                             .send(Chunk::new(Mode::Stream, bars, rejections))
@@ -157,28 +184,32 @@ impl Source for PolygonLive {
                 }
                 SessionEvent::Refused { refusal, retry_in } => {
                     tracing::error!(retry_in = ?retry_in, "{refusal}");
-                    let text = refusal.to_string();
-                    if let Err(e) = set_feeds(
-                        &ctx,
-                        &self.symbols,
-                        self.timeframe,
-                        FeedState::Error,
-                        Some(&text),
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "cannot record the stream's error");
-                    }
+                    connection = None;
+                    self.record_error(&ctx, &refusal.to_string()).await;
                 }
                 SessionEvent::Disconnected { reason, retry_in } => {
                     tracing::warn!(retry_in = ?retry_in, "polygon stream disconnected: {reason:?}");
+                    // A connection that never got as far as its subscription (no answer to
+                    // the login, closed at once) is a failure the feeds must show.
+                    if connection.take().is_none() {
+                        let text = format!(
+                            "polygon stream: {reason}; retrying in {:.0} s",
+                            retry_in.as_secs_f64()
+                        );
+                        self.record_error(&ctx, &text).await;
+                    }
                 }
                 // The session logged it already.
                 SessionEvent::Notice { .. } => {}
             }
         }
-        gap_fills.abort_all();
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
         let _ = runner.await;
+        end.lines.push((
+            "gap-filled",
+            gaps.fetched.load(Ordering::Relaxed).to_string(),
+        ));
         end
     }
 }
@@ -192,13 +223,168 @@ impl PolygonLive {
             tracing::warn!(error = %e, "cannot mark the stream feeds running");
         }
     }
+
+    async fn record_error(&self, ctx: &SourceContext, text: &str) {
+        let recorded = set_feeds(ctx, &self.symbols, self.timeframe, FeedState::Error, Some(text));
+        if let Err(e) = recorded.await {
+            tracing::warn!(error = %e, "cannot record the stream's error");
+        }
+    }
+
+    /// Records every feed's gap up to the subscription at `at`, retrying while the database
+    /// does not answer. False when the run stopped first (then no bar of the new connection
+    /// was sent, and the next start gap-fills from the same last bar).
+    async fn record_gaps(&self, ctx: &SourceContext, at: DateTime<Utc>) -> bool {
+        let default_from =
+            at - chrono::Duration::from_std(self.lookback).unwrap_or(chrono::Duration::days(1));
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let recorded = async {
+                let client = db::get(ctx.pool()).await?;
+                queue::record_gaps(
+                    &client,
+                    DataSource::Polygon,
+                    self.timeframe,
+                    &self.symbols,
+                    default_from,
+                    at,
+                )
+                .await
+            };
+            match recorded.await {
+                Ok(n) => {
+                    tracing::debug!(gaps = n, "stream gaps recorded");
+                    return true;
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in = ?wait,
+                    "cannot record the stream's gaps yet; holding its data until they are"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ctx.stop().cancelled() => return false,
+            }
+            wait = (wait * 2).min(RETRY_MAX);
+        }
+    }
 }
 
-fn split(events: Vec<PolygonEvent>) -> (Vec<crate::domain::Bar>, Vec<Rejection>) {
+/// The daemon's gap-fills: pending `stream` tasks of the work queue, claimed and fetched
+/// through REST into the feeds' `stream` rows, each done only once its bars are committed. A
+/// gap that fails waits out its backoff (kept in the queue) and is tried again; the others go
+/// on meanwhile.
+struct GapFill {
+    ctx: SourceContext,
+    rest: PolygonRest,
+    timeframe: Timeframe,
+    symbols: Vec<Symbol>,
+    /// Told when new gaps are recorded.
+    wake: Notify,
+    /// Bars fetched by gap-fills.
+    fetched: AtomicU64,
+}
+
+impl GapFill {
+    /// Claims and fills gaps until the run stops. Its session is its own, outside the pool
+    /// (the claim belongs to it: if the process dies, the gap is free at once); a database
+    /// error costs the session and is retried on a new one.
+    async fn worker(self: Arc<Self>) {
+        let mut wait = Duration::from_secs(1);
+        while !self.ctx.stop().is_cancelled() {
+            match self.fill_gaps().await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, retry_in = ?wait,
+                    "a gap-fill worker lost the database; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.ctx.stop().cancelled() => return,
+            }
+            wait = (wait * 2).min(RETRY_MAX);
+        }
+    }
+
+    async fn fill_gaps(&self) -> Result<(), DbError> {
+        let database = &self.ctx.config().database;
+        let client = db::connect(
+            &db::parse_url(database.url.expose())?,
+            &database.url.redacted(),
+        )
+        .await?;
+        loop {
+            if self.ctx.stop().is_cancelled() {
+                return Ok(());
+            }
+            let claimed =
+                queue::claim_gap(&client, DataSource::Polygon, self.timeframe, &self.symbols);
+            let Some(task) = claimed.await? else {
+                let woken = self.wake.notified();
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(GAP_POLL) => {}
+                    _ = self.ctx.stop().cancelled() => return Ok(()),
+                }
+                continue;
+            };
+            let window = window_text(task.start, task.end);
+            let work = fetch_task(&self.ctx, &self.rest, &task, &self.fetched);
+            match with_lease(&client, &task, work).await {
+                Ok(Some((bars, settled))) => {
+                    let done = queue::finish(&client, &task, bars, settled).await?;
+                    tracing::info!(symbol = %task.symbol, bars, done, "gap-filled {window}");
+                }
+                // Stopped: the gap stays pending for the next start.
+                Ok(None) => {
+                    let released = queue::release(&client, &task, None);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), released).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let text = format!("gap-fill {window} failed: {e}; it stays pending and is retried");
+                    tracing::error!(symbol = %task.symbol, "{text}");
+                    queue::release(&client, &task, Some(&text)).await?;
+                    db::status::upsert_error(
+                        &client,
+                        DataSource::Polygon,
+                        Mode::Stream,
+                        self.timeframe,
+                        std::slice::from_ref(&task.symbol),
+                        &text,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+}
+
+/// A frame's bars and rejections. Only bars of subscribed symbols, and not older than `since`,
+/// are stored: anything else is a quality record.
+fn split(
+    events: Vec<PolygonEvent>,
+    subscribed: &HashSet<Symbol>,
+    since: DateTime<Utc>,
+) -> (Vec<crate::domain::Bar>, Vec<Rejection>) {
     let mut bars = Vec::with_capacity(events.len());
     let mut rejections = Vec::new();
     for e in events {
         match e {
+            PolygonEvent::Bar(b) if !subscribed.contains(&b.symbol) => {
+                rejections.push(Rejection::of_bar(
+                    &b,
+                    "unsubscribed_symbol",
+                    "the stream sent a bar for a symbol that was not subscribed".into(),
+                ));
+            }
+            PolygonEvent::Bar(b) if b.timestamp < since => {
+                rejections.push(Rejection::of_bar(
+                    &b,
+                    "stale_stream_bar",
+                    format!(
+                        "the stream sent a bar from before {}: history comes through REST",
+                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                ));
+            }
             PolygonEvent::Bar(b) => bars.push(b),
             PolygonEvent::Rejected(r) => rejections.push(r),
             PolygonEvent::Status(_) => {}
@@ -309,42 +495,6 @@ pub fn arm_deadline(shutdown: &Shutdown, timeout: Duration) -> tokio::task::Join
             shutdown.give_up();
         }
     })
-}
-
-/// Fetches every symbol's bars through REST from its committed last bar (inclusive, so a
-/// corrected last bar is picked up) or `lookback` back, up to now, into the stream feeds.
-/// Returns the bars fetched.
-pub async fn gap_fill(
-    ctx: &SourceContext,
-    rest: &PolygonRest,
-    symbols: &[Symbol],
-    timeframe: Timeframe,
-    lookback: Duration,
-) -> Result<u64, RunError> {
-    let last = {
-        let client = db::get(ctx.pool()).await?;
-        db::status::last_bars(&client, DataSource::Polygon, Mode::Stream, symbols).await?
-    };
-    let now = Utc::now();
-    let default_from: DateTime<Utc> =
-        now - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::days(1));
-    let mut fetched = 0u64;
-    for symbol in symbols {
-        let from = last.get(symbol.as_str()).copied().unwrap_or(default_from);
-        let mut pages = rest.pages(symbol, timeframe, from, now);
-        while let Some(page) = pages.next().await? {
-            fetched += (page.bars.len() + page.rejections.len()) as u64;
-            if page.bars.is_empty() && page.rejections.is_empty() {
-                continue;
-            }
-            let chunk = Chunk::new(Mode::Stream, page.bars, page.rejections);
-            if ctx.send(chunk).await.is_err() {
-                return Ok(fetched);
-            }
-        }
-        tracing::debug!(symbol = %symbol, from = %from, "gap-filled");
-    }
-    Ok(fetched)
 }
 
 /// Exit code of the daemon: a signal is its normal end.

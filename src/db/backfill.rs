@@ -7,22 +7,21 @@ use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::domain::{DataSource, Symbol, Timeframe};
+use crate::domain::{DataSource, Mode, Symbol, Timeframe};
 
 /// A claim lasts this long unless renewed; a machine that vanished frees its tasks by then.
 pub const LEASE: Duration = Duration::seconds(30);
 /// Workers renew their lease this often.
 pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-/// A window is done only once it ended this long before it was fetched: the vendor's last
-/// minutes of a window (late trades, corrections) settle first.
-pub const SETTLE: &str = "1 hour";
 
-/// One window of one symbol: `[start, end)`.
+/// One window of one symbol: `[start, end)`. Mode `backfill`: a window of the grid; mode
+/// `stream`: a gap of the daemon's stream, filled into the feed's `stream` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     pub source: DataSource,
     pub symbol: Symbol,
     pub timeframe: Timeframe,
+    pub mode: Mode,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
 }
@@ -91,7 +90,7 @@ pub async fn plan(
             .execute(
                 "UPDATE data_ingestion.backfill_tasks SET state = 'pending', updated_at = now()
                  WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
-                   AND window_start BETWEEN $4 AND $5 AND state = 'done'",
+                   AND mode = 'backfill' AND window_start BETWEEN $4 AND $5 AND state = 'done'",
                 &[
                     &range.source.as_str(),
                     &range.timeframe.as_str(),
@@ -111,7 +110,7 @@ pub async fn counts(client: &Client, range: &Range) -> Result<Counts, DbError> {
             "SELECT count(*), count(*) FILTER (WHERE state = 'done')
              FROM data_ingestion.backfill_tasks
              WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
-               AND window_start BETWEEN $4 AND $5",
+               AND mode = 'backfill' AND window_start BETWEEN $4 AND $5",
             &[
                 &range.source.as_str(),
                 &range.timeframe.as_str(),
@@ -139,26 +138,21 @@ pub async fn claim(
     let lease = format!("{} seconds", LEASE.num_seconds());
     let row = client
         .query_opt(
-            "UPDATE data_ingestion.backfill_tasks t
+            &format!("UPDATE data_ingestion.backfill_tasks t
              SET lease_pid = pg_backend_pid(), lease_until = now() + $7::text::interval,
                  claimed_at = now(), attempts = attempts + 1, updated_at = now()
              WHERE (t.data_source, t.symbol, t.timeframe, t.window_start) = (
                  SELECT data_source, symbol, timeframe, window_start
                  FROM data_ingestion.backfill_tasks c
                  WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
+                   AND mode = 'backfill'
                    AND NOT (symbol = ANY($6)) AND window_start BETWEEN $4 AND $5
                    AND state = 'pending' AND (fetched_at IS NULL OR fetched_at < $8)
-                   AND (lease_pid IS NULL OR lease_until < now()
-                        OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                       WHERE a.pid = c.lease_pid
-                                         -- NULL for another role's session without
-                                         -- pg_read_all_stats: then trust the pid and the lease.
-                                         AND (a.backend_start IS NULL
-                                              OR a.backend_start <= c.claimed_at)))
+                   AND {FREE}
                  ORDER BY window_start, symbol
                  LIMIT 1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING symbol, window_start, window_end",
+             RETURNING symbol, window_start, window_end"),
             &[
                 &range.source.as_str(),
                 &range.timeframe.as_str(),
@@ -171,30 +165,150 @@ pub async fn claim(
             ],
         )
         .await?;
-    let Some(row) = row else { return Ok(None) };
+    row.map(|r| task_of(&r, range.source, range.timeframe, Mode::Backfill))
+        .transpose()
+}
+
+/// A claimed row (`symbol, window_start, window_end`) as a task.
+fn task_of(
+    row: &tokio_postgres::Row,
+    source: DataSource,
+    timeframe: Timeframe,
+    mode: Mode,
+) -> Result<Task, DbError> {
     let symbol: String = row.get(0);
-    Ok(Some(Task {
-        source: range.source,
+    Ok(Task {
+        source,
         // Planned from parsed symbols: a stored one always parses.
         symbol: symbol
             .parse()
             .map_err(|e| DbError::Migrate(format!("backfill_tasks holds a bad symbol: {e}")))?,
-        timeframe: range.timeframe,
+        timeframe,
+        mode,
         start: row.get(1),
         end: row.get(2),
-    }))
+    })
 }
 
-const BY_KEY: &str = "data_source = $1 AND symbol = $2 AND timeframe = $3 AND window_start = $4";
+/// A task nobody works: never claimed, its lease run out, or its claiming session gone.
+const FREE: &str = "(lease_pid IS NULL OR lease_until < now()
+    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                   WHERE a.pid = c.lease_pid
+                     -- NULL for another role's session without
+                     -- pg_read_all_stats: then trust the pid and the lease.
+                     AND (a.backend_start IS NULL OR a.backend_start <= c.claimed_at)))";
+
+const BY_KEY: &str =
+    "data_source = $1 AND symbol = $2 AND timeframe = $3 AND window_start = $4 AND mode = $5";
 const MINE: &str = "lease_pid = pg_backend_pid()";
 
-fn key(t: &Task) -> (&'static str, &str, &'static str, DateTime<Utc>) {
+fn key(t: &Task) -> (&'static str, &str, &'static str, DateTime<Utc>, &'static str) {
     (
         t.source.as_str(),
         t.symbol.as_str(),
         t.timeframe.as_str(),
         t.start,
+        t.mode.as_str(),
     )
+}
+
+/// Records each symbol's stream gap: from its feed's committed `last_bar_timestamp`
+/// (inclusive: a corrected last bar is picked up), or `default_from` for a feed without one,
+/// up to `to` (exclusive, the new subscription's moment). A pending gap with the same start is
+/// extended, a done one opened again. Returns the gaps recorded.
+pub async fn record_gaps(
+    client: &Client,
+    source: DataSource,
+    timeframe: Timeframe,
+    symbols: &[Symbol],
+    default_from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+    Ok(client
+        .execute(
+            "INSERT INTO data_ingestion.backfill_tasks AS t
+                 (data_source, symbol, timeframe, mode, window_start, window_end)
+             SELECT $1, s, $2, 'stream', g.start, $5
+             FROM unnest($3::text[]) AS s
+             LEFT JOIN data_ingestion.ingestion_status st
+               ON st.data_source = $1 AND st.symbol = s AND st.mode = 'stream'
+             CROSS JOIN LATERAL (SELECT COALESCE(st.last_bar_timestamp, $4) AS start) g
+             WHERE g.start < $5
+             ON CONFLICT (data_source, symbol, timeframe, mode, window_start) DO UPDATE
+             SET window_end = GREATEST(t.window_end, EXCLUDED.window_end), state = 'pending',
+                 done_at = NULL, updated_at = now()",
+            &[
+                &source.as_str(),
+                &timeframe.as_str(),
+                &symbols,
+                &default_from,
+                &to,
+            ],
+        )
+        .await?)
+}
+
+/// Longest wait between two attempts at one gap.
+pub const GAP_RETRY_MAX_SECS: i32 = 300;
+
+/// Claims the oldest free pending gap of these feeds whose backoff has passed: after the n-th
+/// failed or unsettled attempt a gap waits 2^n s (at most [`GAP_RETRY_MAX_SECS`]).
+pub async fn claim_gap(
+    client: &Client,
+    source: DataSource,
+    timeframe: Timeframe,
+    symbols: &[Symbol],
+) -> Result<Option<Task>, DbError> {
+    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+    let lease = format!("{} seconds", LEASE.num_seconds());
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE data_ingestion.backfill_tasks t
+                 SET lease_pid = pg_backend_pid(), lease_until = now() + $4::text::interval,
+                     claimed_at = now(), attempts = attempts + 1, updated_at = now()
+                 WHERE (t.data_source, t.symbol, t.timeframe, t.mode, t.window_start) = (
+                     SELECT data_source, symbol, timeframe, mode, window_start
+                     FROM data_ingestion.backfill_tasks c
+                     WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
+                       AND mode = 'stream' AND state = 'pending'
+                       AND (fetched_at IS NULL OR fetched_at + make_interval(
+                            secs => LEAST($5, power(2, LEAST(attempts, 20)))) <= now())
+                       AND {FREE}
+                     ORDER BY window_start, symbol
+                     LIMIT 1
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING symbol, window_start, window_end"
+            ),
+            &[
+                &source.as_str(),
+                &timeframe.as_str(),
+                &symbols,
+                &lease,
+                &f64::from(GAP_RETRY_MAX_SECS),
+            ],
+        )
+        .await?;
+    row.map(|r| task_of(&r, source, timeframe, Mode::Stream))
+        .transpose()
+}
+
+/// The pending gaps of these feeds (for tests and `status`).
+pub async fn pending_gaps(
+    client: &Client,
+    source: DataSource,
+    symbols: &[Symbol],
+) -> Result<i64, DbError> {
+    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM data_ingestion.backfill_tasks
+             WHERE data_source = $1 AND symbol = ANY($2) AND mode = 'stream' AND state = 'pending'",
+            &[&source.as_str(), &symbols],
+        )
+        .await?
+        .get(0))
 }
 
 /// Extends the lease; false if it was lost (another worker took the task over).
@@ -205,17 +319,21 @@ pub async fn renew(client: &Client, task: &Task) -> Result<bool, DbError> {
         .execute(
             &format!(
                 "UPDATE data_ingestion.backfill_tasks
-                 SET lease_until = now() + $5::text::interval WHERE {BY_KEY} AND {MINE}"
+                 SET lease_until = now() + $6::text::interval WHERE {BY_KEY} AND {MINE}"
             ),
-            &[&k.0, &k.1, &k.2, &k.3, &lease],
+            &[&k.0, &k.1, &k.2, &k.3, &k.4, &lease],
         )
         .await?;
     Ok(n == 1)
 }
 
-/// Ends a task whose bars are all committed: done, unless its window ended less than `SETTLE`
-/// before it was claimed (today's: the next backfill fetches it again) or a page was not final
-/// (`settled` false). By key, not by lease: the bars are committed even if the lease was lost
+/// Whether a finished task is done: every page final (`$6`), and a grid window ended an hour
+/// before it was claimed (the vendor's last minutes of a window, late trades and corrections,
+/// settle first) (today's stays pending: the next backfill fetches it again). A gap
+/// ends where the stream took over, so the stream covers what came after it.
+const SETTLED: &str = "($6 AND (mode = 'stream' OR window_end + interval '1 hour' <= claimed_at))";
+
+/// Ends a task whose bars are all committed: done when [`SETTLED`], else pending. By key, not by lease: the bars are committed even if the lease was lost
 /// meanwhile. Returns whether the task is done.
 pub async fn finish(
     client: &Client,
@@ -228,18 +346,16 @@ pub async fn finish(
         .query_opt(
             &format!(
                 "UPDATE data_ingestion.backfill_tasks
-                 SET state = CASE WHEN $5 AND window_end + interval '{SETTLE}' <= claimed_at
-                                  THEN 'done' ELSE 'pending' END,
-                     done_at = CASE WHEN $5 AND window_end + interval '{SETTLE}' <= claimed_at
-                                    THEN now() END,
-                     bars = $6, fetched_at = claimed_at, last_error = NULL,
+                 SET state = CASE WHEN {SETTLED} THEN 'done' ELSE 'pending' END,
+                     done_at = CASE WHEN {SETTLED} THEN now() END,
+                     bars = $7, fetched_at = claimed_at, last_error = NULL,
                      lease_pid = CASE WHEN {MINE} THEN NULL ELSE lease_pid END,
                      lease_until = CASE WHEN {MINE} THEN NULL ELSE lease_until END,
                      updated_at = now()
                  WHERE {BY_KEY}
                  RETURNING state = 'done'"
             ),
-            &[&k.0, &k.1, &k.2, &k.3, &settled, &bars],
+            &[&k.0, &k.1, &k.2, &k.3, &k.4, &settled, &bars],
         )
         .await?;
     Ok(row.is_some_and(|r| r.get(0)))
@@ -254,12 +370,12 @@ pub async fn release(client: &Client, task: &Task, error: Option<&str>) -> Resul
             &format!(
                 "UPDATE data_ingestion.backfill_tasks
                  SET lease_pid = NULL, lease_until = NULL,
-                     last_error = COALESCE($5, last_error),
-                     fetched_at = CASE WHEN $5::text IS NULL THEN fetched_at ELSE claimed_at END,
+                     last_error = COALESCE($6, last_error),
+                     fetched_at = CASE WHEN $6::text IS NULL THEN fetched_at ELSE claimed_at END,
                      updated_at = now()
                  WHERE {BY_KEY} AND {MINE}"
             ),
-            &[&k.0, &k.1, &k.2, &k.3, &error],
+            &[&k.0, &k.1, &k.2, &k.3, &k.4, &error],
         )
         .await?;
     Ok(())

@@ -221,3 +221,35 @@ pub async fn record_error(
         .await?;
     Ok(n)
 }
+
+/// Records a failure on these feeds' rows, creating any that is missing (a feed that failed
+/// before its first bar must show it too): state `error`, `last_error`, now.
+pub async fn upsert_error(
+    client: &Client,
+    source: DataSource,
+    mode: Mode,
+    timeframe: crate::domain::Timeframe,
+    symbols: &[Symbol],
+    error: &str,
+) -> Result<(), DbError> {
+    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+    client
+        .execute(
+            "INSERT INTO data_ingestion.ingestion_status AS st
+                 (data_source, symbol, mode, timeframe, state, rows_written, last_error,
+                  last_error_at, updated_at)
+             SELECT $1, s, $2, $3, 'error', 0, $5, now(), now() FROM unnest($4::text[]) AS s
+             ON CONFLICT (data_source, symbol, mode) DO UPDATE
+             SET state = 'error', last_error = EXCLUDED.last_error, last_error_at = now(),
+                 updated_at = now()",
+            &[
+                &source.as_str(),
+                &mode.as_str(),
+                &timeframe.as_str(),
+                &symbols,
+                &error,
+            ],
+        )
+        .await?;
+    Ok(())
+}

@@ -33,9 +33,6 @@ const USER_AGENT: &str = concat!("mdingest/", env!("CARGO_PKG_VERSION"));
 const MESSAGE_MAX_CHARS: usize = 300;
 /// Same-origin redirects followed before giving up.
 const MAX_REDIRECTS: usize = 5;
-/// Parts of a credential at least this long are scrubbed from vendor messages on their own
-/// (the key inside `Bearer KEY`); shorter ones would scrub ordinary words.
-const SCRUB_MIN_LEN: usize = 8;
 
 /// The vendor's own error text out of an error body (`{"error": "Unknown API Key"}`).
 pub type MessageExtractor = fn(&[u8]) -> Option<String>;
@@ -236,6 +233,14 @@ enum Retry {
     },
 }
 
+/// What a decoder made of a 2xx body.
+pub enum Body<T> {
+    /// Decoded (which may still be the vendor's error in a 200).
+    Ok(T),
+    /// Not the vendor's format at all: worth another attempt.
+    Unreadable(String),
+}
+
 /// One vendor's HTTP client. Clones share the connection pool and the rate limit (a vendor's
 /// limit is per account, whichever task spends it).
 #[derive(Clone)]
@@ -351,13 +356,32 @@ impl HttpSource {
     /// Cancellation-safe: dropping the future abandons the request (and any wait) and leaves the
     /// source usable.
     pub async fn get(&self, url: &Url, what: &str) -> Result<Vec<u8>, HttpError> {
+        self.get_decoded(url, what, |body| Body::Ok(body.to_vec()))
+            .await
+    }
+
+    /// As [`get`](Self::get), then `decode`s the body. A body `decode` cannot read at all (an
+    /// HTML page or cut JSON behind a 200) is retried like a body that broke off, before it
+    /// fails. The raw body is dropped once decoded.
+    pub async fn get_decoded<T>(
+        &self,
+        url: &Url,
+        what: &str,
+        decode: impl Fn(&[u8]) -> Body<T>,
+    ) -> Result<T, HttpError> {
         let mut backoff = self.retry.backoff();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             self.limiter.until_ready().await;
-            let failed = match self.attempt(url).await {
-                Ok(body) => return Ok(body),
+            let failed = match self.attempt(url).await.map(|body| decode(&body)) {
+                Ok(Body::Ok(value)) => return Ok(value),
+                Ok(Body::Unreadable(reason)) => Failed {
+                    problem: Problem::Transport {
+                        reason: self.scrub(&reason),
+                    },
+                    retry: Retry::Failure { after: None },
+                },
                 Err(f) => f,
             };
             let (limit, after) = match failed.retry {
@@ -496,22 +520,10 @@ impl HttpSource {
         }
     }
 
-    /// A vendor may echo a credential in its message (`invalid key XYZ`); it must not reach a
-    /// log or an error.
-    fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in self.secrets.iter() {
-            let whole = secret.expose();
-            let parts = whole
-                .split_whitespace()
-                .filter(|p| p.len() >= SCRUB_MIN_LEN);
-            for s in std::iter::once(whole).chain(parts) {
-                if !s.is_empty() && out.contains(s) {
-                    out = out.replace(s, "REDACTED");
-                }
-            }
-        }
-        out
+    /// A vendor may echo a credential in its message (`invalid key XYZ`), whatever the status;
+    /// it must not reach a log, an error or a table.
+    pub fn scrub(&self, text: &str) -> String {
+        crate::text::scrub(text, &self.secrets)
     }
 }
 
@@ -612,7 +624,7 @@ mod tests {
         let s = source();
         assert_eq!(
             s.scrub("Unknown API Key sekrit-key-123"),
-            "Unknown API Key REDACTED"
+            "Unknown API Key ***"
         );
         assert!(!format!("{s:?}").contains("sekrit"));
     }

@@ -48,6 +48,31 @@ pub enum DecodeError {
     TickerMismatch { expected: String, found: String },
 }
 
+impl DecodeError {
+    /// The same error with `scrub` applied to every text that came from the vendor.
+    pub fn scrubbed(self, scrub: impl Fn(&str) -> String) -> DecodeError {
+        match self {
+            DecodeError::NotAggregates { reason, excerpt } => DecodeError::NotAggregates {
+                reason: scrub(&reason),
+                excerpt: scrub(&excerpt),
+            },
+            DecodeError::Vendor { status, message } => DecodeError::Vendor {
+                status: scrub(&status),
+                message: scrub(&message),
+            },
+            DecodeError::TickerMismatch { expected, found } => DecodeError::TickerMismatch {
+                expected,
+                found: scrub(&found),
+            },
+        }
+    }
+
+    /// Not aggregates JSON at all (HTML, a cut body): worth another request.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, DecodeError::NotAggregates { .. })
+    }
+}
+
 fn quoted(excerpt: &str) -> String {
     if excerpt.is_empty() {
         String::new()

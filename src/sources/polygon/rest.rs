@@ -14,7 +14,7 @@ use url::Url;
 use super::decode::{decode_aggs, error_message, AggsPage, DecodeError};
 use crate::config::{PolygonConfig, Secret};
 use crate::domain::{Symbol, Timeframe};
-use crate::sources::http::{Blame, HttpError, HttpSource, RetryPolicy};
+use crate::sources::http::{Blame, Body, HttpError, HttpSource, RetryPolicy};
 
 const VENDOR: &str = "polygon";
 /// Polygon's largest page.
@@ -35,6 +35,27 @@ pub enum PolygonError {
     },
     #[error("polygon {symbol}: next_url refused: {reason}")]
     NextUrl { symbol: Symbol, reason: String },
+    /// A chain of pages that would not end by itself: it stopped advancing in time, or it
+    /// carried more than the window can hold.
+    #[error("polygon {symbol} {window}: the page chain {reason}; the window stays pending")]
+    Chain {
+        symbol: Symbol,
+        window: String,
+        reason: String,
+    },
+    /// The vendor sent bars for the window, and none could be stored.
+    #[error("polygon {symbol} {window}: none of the {refused} bars received could be stored (see data_quality_logs); the window stays pending")]
+    AllRefused {
+        symbol: Symbol,
+        window: String,
+        refused: u64,
+    },
+}
+
+/// `2024-01-02T14:30:00Z..2024-01-31T23:59:59Z`: a window as errors name it.
+pub fn window_text(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    let f = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    format!("{}..{}", f(from), f(to))
 }
 
 /// 401 means the key, whatever the symbol; 403 means the plan, which may depend on the range.
@@ -59,7 +80,10 @@ impl PolygonError {
         match self {
             PolygonError::Setup(_) => Blame::Account,
             PolygonError::Http(e) => e.blame(),
-            PolygonError::Decode { .. } | PolygonError::NextUrl { .. } => Blame::Request,
+            PolygonError::Decode { .. }
+            | PolygonError::NextUrl { .. }
+            | PolygonError::Chain { .. }
+            | PolygonError::AllRefused { .. } => Blame::Request,
         }
     }
 
@@ -166,6 +190,10 @@ impl PolygonRest {
     ) -> Pager {
         let first =
             (from <= to_inclusive).then(|| self.aggs_url(symbol, timeframe, from, to_inclusive));
+        // Each page of a chain must bring at least one new bar, so a window cannot take more
+        // pages than it holds bars (plus the last, which may be empty).
+        let span = (to_inclusive - from).num_seconds().max(0) as u64;
+        let capacity = span / timeframe.duration().num_seconds().max(1) as u64 + 1;
         Pager {
             rest: self.clone(),
             symbol: symbol.clone(),
@@ -174,6 +202,11 @@ impl PolygonRest {
             next: first,
             refused: None,
             requested: HashSet::new(),
+            capacity,
+            pages: 0,
+            received: 0,
+            newest: None,
+            stalled: 0,
         }
     }
 
@@ -235,14 +268,30 @@ pub struct Pager {
     /// A refused `next_url`, reported after the page that carried it.
     refused: Option<PolygonError>,
     requested: HashSet<String>,
+    /// Bars the window can hold: the bound on pages and on results.
+    capacity: u64,
+    pages: u64,
+    /// Results received over every page.
+    received: u64,
+    /// The newest bar of the chain so far.
+    newest: Option<DateTime<Utc>>,
+    /// Pages in a row that brought no newer bar.
+    stalled: u32,
 }
 
+/// Pages in a row without a newer bar before a chain counts as stuck (a vendor may send an
+/// empty page or two, never an endless run).
+const MAX_STALLED_PAGES: u32 = 3;
+
 impl Pager {
-    /// The next page, or `None` after the last. Bars outside the range asked for are dropped.
+    /// The next page, or `None` after the last. Bars outside the range asked for become
+    /// `outside_window` rejections: a vendor that lies about units or ranges is seen, never
+    /// silently dropped.
     ///
     /// After an HTTP or decode error the pager stays on that page: calling again retries it.
-    /// A refused `next_url` is reported once, after the page that carried it; then the pager is
-    /// done. Cancellation-safe: dropping the future leaves the pager on the same page.
+    /// A refused `next_url` or a runaway chain is reported once, after the page that carried it;
+    /// then the pager is done. Cancellation-safe: dropping the future leaves the pager on the
+    /// same page.
     pub async fn next(&mut self) -> Result<Option<AggsPage>, PolygonError> {
         if let Some(e) = self.refused.take() {
             return Err(e);
@@ -250,36 +299,73 @@ impl Pager {
         let Some(url) = self.next.clone() else {
             return Ok(None);
         };
-        let body = self
+        let symbol = &self.symbol;
+        let decoded = self
             .rest
             .http
-            .get(&url, self.symbol.as_str())
+            .get_decoded(&url, symbol.as_str(), |body| {
+                match decode_aggs(body, symbol) {
+                    Err(e) if e.is_unreadable() => Body::Unreadable(e.to_string()),
+                    other => Body::Ok(other),
+                }
+            })
             .await
             .map_err(PolygonError::Http)?;
-        let mut page = decode_aggs(&body, &self.symbol).map_err(|source| PolygonError::Decode {
-            symbol: self.symbol.clone(),
-            source,
+        let mut page = decoded.map_err(|source| PolygonError::Decode {
+            symbol: symbol.clone(),
+            source: source.scrubbed(|t| self.rest.http.scrub(t)),
         })?;
         self.requested.insert(url.into());
+        self.pages += 1;
+        self.received += (page.bars.len() + page.rejections.len()) as u64;
         let (from, to) = (self.from, self.to);
-        let before = page.bars.len();
-        page.bars
-            .retain(|b| b.timestamp >= from && b.timestamp <= to);
-        if page.bars.len() < before {
-            tracing::debug!(
-                symbol = %self.symbol,
-                dropped = before - page.bars.len(),
-                "polygon returned bars outside the range asked for"
-            );
+        let window = window_text(from, to);
+        let (inside, outside): (Vec<_>, Vec<_>) = std::mem::take(&mut page.bars)
+            .into_iter()
+            .partition(|b| b.timestamp >= from && b.timestamp <= to);
+        page.bars = inside;
+        page.rejections.extend(outside.iter().map(|b| {
+            crate::ingest::Rejection::of_bar(
+                b,
+                "outside_window",
+                format!("the bar is outside the window asked for ({window})"),
+            )
+        }));
+        let newest = page.bars.iter().map(|b| b.timestamp).max();
+        if newest.is_some_and(|n| self.newest.is_none_or(|old| n > old)) {
+            self.newest = newest;
+            self.stalled = 0;
+        } else {
+            self.stalled += 1;
         }
         self.next = None;
         if let Some(raw) = page.next_url.as_deref() {
-            match self.rest.follow(raw, &self.requested) {
-                Ok(next) => self.next = Some(next),
-                Err(reason) => {
+            let runaway = if self.stalled >= MAX_STALLED_PAGES {
+                Some(format!(
+                    "stopped advancing in time ({} pages in a row brought no newer bar)",
+                    self.stalled
+                ))
+            } else if self.pages > self.capacity || self.received > self.capacity + 50_000 {
+                Some(format!(
+                    "passed what the window can hold ({} pages, {} results for at most {} bars)",
+                    self.pages, self.received, self.capacity
+                ))
+            } else {
+                None
+            };
+            match (runaway, self.rest.follow(raw, &self.requested)) {
+                (Some(reason), _) => {
+                    self.refused = Some(PolygonError::Chain {
+                        symbol: self.symbol.clone(),
+                        window,
+                        reason,
+                    })
+                }
+                (None, Ok(next)) => self.next = Some(next),
+                (None, Err(reason)) => {
                     self.refused = Some(PolygonError::NextUrl {
                         symbol: self.symbol.clone(),
-                        reason,
+                        reason: self.rest.http.scrub(&reason),
                     })
                 }
             }

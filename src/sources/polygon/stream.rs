@@ -160,12 +160,7 @@ impl PolygonStream {
 }
 
 fn scrub(text: &str, key: &Secret) -> String {
-    let k = key.expose();
-    if k.is_empty() || !text.contains(k) {
-        text.to_string()
-    } else {
-        text.replace(k, "REDACTED")
-    }
+    crate::text::scrub(text, std::slice::from_ref(key))
 }
 
 impl Protocol for PolygonStream {
@@ -632,7 +627,7 @@ mod tests {
         // The key the server echoed is scrubbed.
         assert_eq!(
             r.to_string(),
-            "polygon: auth_failed: authentication failed for REDACTED"
+            "polygon: auth_failed: authentication failed for ***"
         );
         assert!(
             matches!(statuses[3], Status::Refused(r) if r.kind == RefusalKind::Account && r.status == "auth_timeout")
