@@ -31,8 +31,8 @@ use crate::domain::{DataSource, FeedState, Mode, Symbol, Timeframe};
 use crate::ingest::{Chunk, Rejection};
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
-use crate::sources::polygon::stream::{PolygonEvent, PolygonStream, PolygonStreamError};
 use crate::sources::polygon::rest::window_text;
+use crate::sources::polygon::stream::{PolygonEvent, PolygonStream, PolygonStreamError};
 use crate::sources::polygon::{PolygonError, PolygonRest};
 use crate::sources::ws::{Session, SessionEvent};
 
@@ -225,7 +225,13 @@ impl PolygonLive {
     }
 
     async fn record_error(&self, ctx: &SourceContext, text: &str) {
-        let recorded = set_feeds(ctx, &self.symbols, self.timeframe, FeedState::Error, Some(text));
+        let recorded = set_feeds(
+            ctx,
+            &self.symbols,
+            self.timeframe,
+            FeedState::Error,
+            Some(text),
+        );
         if let Err(e) = recorded.await {
             tracing::warn!(error = %e, "cannot record the stream's error");
         }
@@ -339,7 +345,8 @@ impl GapFill {
                     return Ok(());
                 }
                 Err(e) => {
-                    let text = format!("gap-fill {window} failed: {e}; it stays pending and is retried");
+                    let text =
+                        format!("gap-fill {window} failed: {e}; it stays pending and is retried");
                     tracing::error!(symbol = %task.symbol, "{text}");
                     queue::release(&client, &task, Some(&text)).await?;
                     db::status::upsert_error(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::*;
 use mdingest::domain::Timeframe;
-use mdingest::sim::{self, SimConfig, Simulator, WsConfig, WsFault};
+use mdingest::sim::{self, SimConfig, Simulator, SymbolFault, WsConfig, WsFault};
 
 const KEY: &str = "sim-stream-key-2718";
 
@@ -363,4 +363,278 @@ async fn a_silent_stream_is_replaced_by_the_watchdog_and_nothing_is_missed() {
         stored_bars(&db).await == want,
         "stored rows differ from the series"
     );
+}
+
+/// The stream rows' states, `SYMBOL state`, sorted.
+async fn stream_states(db: &TestDb) -> Vec<String> {
+    db.column("SELECT symbol || ' ' || state FROM data_ingestion.ingestion_status WHERE mode = 'stream' ORDER BY 1")
+        .await
+}
+
+/// A stream that sends its bars at 4 a second and drops its first connection after 8 frames,
+/// with REST answering after `latency`.
+async fn start_dropping_sim(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    latency: Duration,
+    symbol_faults: &[(&str, SymbolFault)],
+) -> Simulator {
+    let mut cfg = sim_config(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 4.0,
+            faults: vec![WsFault::DisconnectAfterFrames(8)],
+            ..WsConfig::default()
+        },
+    );
+    cfg.latency = latency;
+    cfg.symbol_faults = symbol_faults
+        .iter()
+        .map(|(s, f)| (s.to_string(), *f))
+        .collect();
+    Simulator::start(cfg).await.unwrap()
+}
+
+/// Waits until the stream sent every bar and the second connection's bars committed past a
+/// gap still pending: the hole only the gap's task can fill.
+async fn wait_for_a_hole(db: &TestDb, sim: &Simulator, from: DateTime<Utc>, to: DateTime<Utc>) {
+    wait_until(
+        "the stream's bars after the gap committed",
+        60,
+        async || {
+            let behind_gap = db
+                .count(&format!(
+                    "SELECT count(*) FROM data_ingestion.backfill_tasks t
+                 WHERE mode = 'stream' AND state = 'pending' AND window_start >= '{from}'
+                   AND EXISTS (SELECT 1 FROM data_ingestion.market_data m
+                               WHERE m.symbol = t.symbol AND m.timestamp >= '{to}')"
+                ))
+                .await;
+            sim.ws_connections().len() >= 2 && behind_gap > 0
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_while_a_gap_fill_waits_fills_the_gap_on_its_next_start() {
+    let db = TestDb::migrated("run_kill_gap").await;
+    let (from, to) = recent_session_stretch();
+    // Every gap-fill takes 15 s to answer: the kill comes while the reconnect's is in flight.
+    let sim = start_dropping_sim(from, to, Duration::from_secs(15), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let mut child = spawn_mdingest(&run_args(&cfg));
+    wait_for_a_hole(&db, &sim, from, to - chrono::Duration::minutes(2)).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let want = expected(from, to);
+    assert!(
+        stored_bars(&db).await.len() < want.len(),
+        "no hole to fill: the test proves nothing"
+    );
+    // The next start takes the pending gap up: every bar, once, with its final values.
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_until("every bar stored", 90, async || {
+        stored_bars(&db).await.len() >= want.len()
+    })
+    .await;
+    // Each gap is done once its bars are committed.
+    wait_until("no gap pending", 60, async || {
+        db.count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE mode = 'stream' AND state = 'pending'")
+            .await
+            == 0
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars(&db).await == want, "stored rows differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_fill_failing_on_server_errors_stays_pending_and_the_next_start_fills_it() {
+    let db = TestDb::migrated("run_5xx_gap").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_dropping_sim(
+        from,
+        to,
+        Duration::ZERO,
+        &[("AAPL", SymbolFault::ServerError)],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_for_a_hole(&db, &sim, from, to - chrono::Duration::minutes(2)).await;
+    // MSFT's gap is filled while AAPL's keeps failing.
+    let want = expected(from, to);
+    let msft = |rows: &BTreeMap<(String, i64), Row>| {
+        rows.iter()
+            .filter(|((s, _), _)| s == "MSFT")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    wait_until("MSFT whole", 60, async || {
+        msft(&stored_bars(&db).await) == msft(&want)
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        stored_bars(&db).await.len() < want.len(),
+        "AAPL has no hole"
+    );
+    sim.set_symbol_fault("AAPL", None);
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_until("every bar stored", 90, async || {
+        stored_bars(&db).await.len() >= want.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars(&db).await == want, "stored rows differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_symbol_among_three_holds_up_no_other_gap_fill() {
+    let db = TestDb::migrated("run_unknown").await;
+    let (from, to) = recent_session_stretch();
+    let sim =
+        start_dropping_sim(from, to, Duration::ZERO, &[("NOPE", SymbolFault::NotFound)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "symbols = [\"AAPL\", \"MSFT\"]",
+            "symbols = [\"AAPL\", \"NOPE\", \"MSFT\"]",
+        ),
+    )
+    .unwrap();
+    let child = spawn_mdingest(&run_args(&cfg));
+    let want = expected(from, to);
+    wait_until("every bar of AAPL and MSFT stored", 90, async || {
+        stored_bars(&db).await.len() >= want.len()
+    })
+    .await;
+    wait_until("NOPE's failure shown", 30, async || {
+        db.count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE symbol = 'NOPE' AND state = 'error' AND last_error LIKE '%404%'")
+            .await
+            == 1
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars(&db).await == want, "stored rows differ");
+    // NOPE's gaps stay pending for the next start; no feed is left running.
+    assert!(
+        db.count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE symbol = 'NOPE' AND state = 'pending'")
+            .await
+            > 0
+    );
+    assert!(!stream_states(&db)
+        .await
+        .iter()
+        .any(|s| s.ends_with("running")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bars_not_subscribed_or_from_1970_are_quality_records_not_rows() {
+    let db = TestDb::migrated("run_strays").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 20.0,
+            faults: vec![WsFault::Strays],
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    let want = expected(from, to);
+    wait_until("every bar stored", 60, async || {
+        stored_bars(&db).await.len() >= want.len()
+    })
+    .await;
+    wait_until("the strays recorded", 30, async || {
+        db.count("SELECT count(*) FROM data_ingestion.data_quality_logs WHERE check_name IN ('unsubscribed_symbol', 'stale_stream_bar')")
+            .await
+            == 6
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars(&db).await == want, "a stray was stored");
+    let checks: Vec<String> = db
+        .column(
+            "SELECT check_name || ' ' || symbol FROM data_ingestion.data_quality_logs ORDER BY 1",
+        )
+        .await;
+    assert_eq!(
+        checks,
+        [
+            "stale_stream_bar AAPL",
+            "stale_stream_bar AAPL",
+            "stale_stream_bar MSFT",
+            "stale_stream_bar MSFT",
+            "unsubscribed_symbol Q",
+            "unsubscribed_symbol ZZZZ"
+        ]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'running'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_authenticates_shows_in_ingestion_status() {
+    for (tag, fault) in [
+        ("run_closes", WsFault::DisconnectAfterFrames(1)),
+        (
+            "run_mute",
+            WsFault::Silence {
+                after_frames: 1,
+                for_: Duration::from_secs(60),
+            },
+        ),
+    ] {
+        let db = TestDb::migrated(tag).await;
+        let (from, to) = recent_session_stretch();
+        let sim = start_sim(
+            from,
+            to,
+            WsConfig {
+                faults: vec![fault; 20],
+                ..WsConfig::default()
+            },
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&db, dir.path(), &sim);
+        let child = spawn_mdingest(&run_args(&cfg));
+        // The first failed attempt shows (the mute one ends at the 5 s watchdog).
+        wait_until("the failure shown", 15, async || {
+            stream_states(&db).await == ["AAPL error", "MSFT error"]
+        })
+        .await;
+        let errors: Vec<String> = db
+            .column("SELECT last_error FROM data_ingestion.ingestion_status")
+            .await;
+        assert!(
+            errors.iter().all(|e| e.starts_with("polygon stream: ")),
+            "{errors:?}"
+        );
+        let out = stop(child).await;
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
 }

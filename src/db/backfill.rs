@@ -138,7 +138,8 @@ pub async fn claim(
     let lease = format!("{} seconds", LEASE.num_seconds());
     let row = client
         .query_opt(
-            &format!("UPDATE data_ingestion.backfill_tasks t
+            &format!(
+                "UPDATE data_ingestion.backfill_tasks t
              SET lease_pid = pg_backend_pid(), lease_until = now() + $7::text::interval,
                  claimed_at = now(), attempts = attempts + 1, updated_at = now()
              WHERE (t.data_source, t.symbol, t.timeframe, t.window_start) = (
@@ -152,7 +153,8 @@ pub async fn claim(
                  ORDER BY window_start, symbol
                  LIMIT 1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING symbol, window_start, window_end"),
+             RETURNING symbol, window_start, window_end"
+            ),
             &[
                 &range.source.as_str(),
                 &range.timeframe.as_str(),
@@ -202,7 +204,15 @@ const BY_KEY: &str =
     "data_source = $1 AND symbol = $2 AND timeframe = $3 AND window_start = $4 AND mode = $5";
 const MINE: &str = "lease_pid = pg_backend_pid()";
 
-fn key(t: &Task) -> (&'static str, &str, &'static str, DateTime<Utc>, &'static str) {
+fn key(
+    t: &Task,
+) -> (
+    &'static str,
+    &str,
+    &'static str,
+    DateTime<Utc>,
+    &'static str,
+) {
     (
         t.source.as_str(),
         t.symbol.as_str(),

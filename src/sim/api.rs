@@ -23,7 +23,8 @@ const NOT_ENTITLED: &str =
 pub(crate) struct Api {
     pub api_key: String,
     pub symbols: HashSet<String>,
-    pub symbol_faults: HashMap<String, SymbolFault>,
+    /// Changed while serving by [`super::Simulator::set_symbol_fault`].
+    pub symbol_faults: std::sync::Mutex<HashMap<String, SymbolFault>>,
     pub data_from_ms: Option<i64>,
     pub data_to_ms: Option<i64>,
     pub page_size: usize,
@@ -88,7 +89,10 @@ fn symbol_fault(id: &str, fault: SymbolFault) -> Option<Answer> {
         SymbolFault::NotFound => Some(ticker_not_found(id)),
         SymbolFault::Forbidden => Some(error(403, "NOT_AUTHORIZED", "message", id, NOT_ENTITLED)),
         SymbolFault::ServerError => Some(server_error(id)),
-        SymbolFault::InconsistentBars => None,
+        SymbolFault::InconsistentBars
+        | SymbolFault::SecondsTimestamps
+        | SymbolFault::EndlessCursor
+        | SymbolFault::EchoKey => None,
     }
 }
 
@@ -323,9 +327,18 @@ impl Api {
             Some(Ok(t)) => Some(t),
             Some(Err(_)) => return bad_request(id, "invalid cursor"),
         };
-        let fault = self.symbol_faults.get(&ticker).copied();
+        let fault = super::server::lock(&self.symbol_faults)
+            .get(&ticker)
+            .copied();
         if let Some(answer) = fault.and_then(|f| symbol_fault(id, f)) {
             return answer;
+        }
+        if fault == Some(SymbolFault::EchoKey) {
+            // A vendor's error in a 200, quoting the key it was sent.
+            let text = format!("key {} is not entitled to {ticker}", self.api_key);
+            let mut a = error(200, "ERROR", "error", id, &text);
+            a.status = 200;
+            return a;
         }
         if !self.symbols.contains(&ticker) {
             return ticker_not_found(id);
@@ -341,15 +354,25 @@ impl Api {
         let gen = Generator::new(&ticker, tf);
         let mut grid = Grid::new(&ticker, tf, lo, hi);
         let mut bars: Vec<RawBar> = grid.by_ref().take(page).map(|t| gen.bar(t)).collect();
-        if fault == Some(SymbolFault::InconsistentBars) {
-            for b in bars.iter_mut().filter(|b| super::is_inconsistent(b.t)) {
-                std::mem::swap(&mut b.h, &mut b.l);
+        match fault {
+            Some(SymbolFault::InconsistentBars) => {
+                for b in bars.iter_mut().filter(|b| super::is_inconsistent(b.t)) {
+                    std::mem::swap(&mut b.h, &mut b.l);
+                }
             }
+            Some(SymbolFault::SecondsTimestamps) => bars.iter_mut().for_each(|b| b.t /= 1000),
+            _ => {}
         }
+        let next = grid.next();
+        // An endless chain: the same page again under a new cursor, for ever.
+        let (next, nonce) = match fault {
+            Some(SymbolFault::EndlessCursor) => (Some(lo), format!("&n={id}")),
+            _ => (next, String::new()),
+        };
         // The cursor is simply the next bar's start; clients must treat next_url as opaque.
-        let next_url = grid.next().map(|next| {
+        let next_url = next.map(|next| {
             format!(
-                "{}/v2/aggs/ticker/{}/range/{}/{}/{}/{}?cursor={next}&adjusted={adjusted}&sort=asc&limit={limit}",
+                "{}/v2/aggs/ticker/{}/range/{}/{}/{}/{}?cursor={next}{nonce}&adjusted={adjusted}&sort=asc&limit={limit}",
                 self.base_url,
                 percent_encode_segment(&ticker),
                 p.multiplier,
@@ -419,7 +442,7 @@ mod tests {
         Api {
             api_key: "k".into(),
             symbols: ["AAPL".to_string(), "I:SPX".to_string()].into(),
-            symbol_faults: HashMap::new(),
+            symbol_faults: Default::default(),
             data_from_ms: None,
             data_to_ms: None,
             page_size: 3,

@@ -147,6 +147,14 @@ pub enum SymbolFault {
     /// Normal answers, except that the bars [`is_inconsistent`] picks have `h` and `l` swapped
     /// (high below open and close): what a client must reject and log, keeping the rest.
     InconsistentBars,
+    /// Normal answers with `t` in seconds, not milliseconds: a vendor that lies about units.
+    SecondsTimestamps,
+    /// Every page, the same bars again, with a `next_url` under a new cursor: a chain that never
+    /// ends by itself.
+    EndlessCursor,
+    /// 200 `{"status":"ERROR",…,"error":"key <KEY> is not entitled…"}`: the key echoed back in
+    /// a success status.
+    EchoKey,
 }
 
 /// The bars `SymbolFault::InconsistentBars` spoils: one minute in 25.
@@ -164,8 +172,11 @@ impl FromStr for SymbolFault {
             "403" => Ok(SymbolFault::Forbidden),
             "500" => Ok(SymbolFault::ServerError),
             "inconsistent" => Ok(SymbolFault::InconsistentBars),
+            "seconds" => Ok(SymbolFault::SecondsTimestamps),
+            "endless" => Ok(SymbolFault::EndlessCursor),
+            "echo-key" => Ok(SymbolFault::EchoKey),
             _ => Err(format!(
-                "unknown symbol fault {s:?} (expected 404, 403, 500 or inconsistent)"
+                "unknown symbol fault {s:?} (expected 404, 403, 500, inconsistent, seconds, endless or echo-key)"
             )),
         }
     }
@@ -243,7 +254,7 @@ impl Simulator {
         let api = api::Api {
             api_key: cfg.api_key,
             symbols: cfg.symbols.into_iter().collect(),
-            symbol_faults: cfg.symbol_faults,
+            symbol_faults: std::sync::Mutex::new(cfg.symbol_faults),
             data_from_ms: cfg.data_from.map(|d| d.timestamp_millis()),
             data_to_ms: cfg.data_to.map(|d| d.timestamp_millis()),
             page_size: cfg.page_size,
@@ -274,6 +285,15 @@ impl Simulator {
     /// Every request seen so far, in arrival order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         lock(&self.shared.records).clone()
+    }
+
+    /// Sets (or with `None` clears) a standing REST fault for `symbol` from the next request on.
+    pub fn set_symbol_fault(&self, symbol: &str, fault: Option<SymbolFault>) {
+        let mut faults = lock(&self.shared.api.symbol_faults);
+        match fault {
+            Some(f) => faults.insert(symbol.to_string(), f),
+            None => faults.remove(symbol),
+        };
     }
 
     /// Queues more faults behind those not yet consumed.

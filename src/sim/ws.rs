@@ -134,14 +134,18 @@ pub enum WsFault {
     /// (another connection on the account is open) and the connection is closed. A wrong key
     /// gets `auth_failed` as usual.
     MaxConnections,
+    /// Right after the subscription is confirmed, one frame of bars nobody asked for: `ZZZZ`
+    /// and `Q` (never subscribed) and, for each subscribed symbol, bars stamped 1970-01-01 and
+    /// 1969-12-31.
+    Strays,
 }
 
 impl FromStr for WsFault {
     type Err = String;
 
-    /// `none`, `disconnect:N`, `silence:N:MS`, `auth` or `maxconn`.
+    /// `none`, `disconnect:N`, `silence:N:MS`, `auth`, `maxconn` or `strays`.
     fn from_str(s: &str) -> Result<WsFault, String> {
-        let expected = "expected none, disconnect:N, silence:N:MS, auth or maxconn";
+        let expected = "expected none, disconnect:N, silence:N:MS, auth, maxconn or strays";
         let number = |v: &str, what: &str| {
             v.parse::<u64>()
                 .map_err(|_| format!("stream fault {s:?}: {what} must be a whole number"))
@@ -151,6 +155,7 @@ impl FromStr for WsFault {
             ["none"] => Ok(WsFault::None),
             ["auth"] => Ok(WsFault::AuthFailed),
             ["maxconn"] => Ok(WsFault::MaxConnections),
+            ["strays"] => Ok(WsFault::Strays),
             ["disconnect", n] => Ok(WsFault::DisconnectAfterFrames(number(n, "N")?)),
             ["silence", n, ms] => Ok(WsFault::Silence {
                 after_frames: number(n, "N")?,
@@ -744,7 +749,12 @@ impl Conn {
             }
             "subscribe" => {
                 let replies = self.subscribe(&params);
-                self.send(ws, frame(&replies), &[]).await
+                self.send(ws, frame(&replies), &[]).await?;
+                if self.fault == Some(WsFault::Strays) {
+                    let strays = self.strays();
+                    self.send(ws, frame(&strays), &[]).await?;
+                }
+                Ok(())
             }
             "unsubscribe" => {
                 let replies = self.unsubscribe(&params);
@@ -756,6 +766,43 @@ impl Conn {
                 self.send(ws, frame(&[e]), &[]).await
             }
         }
+    }
+
+    /// The bars of [`WsFault::Strays`].
+    fn strays(&self) -> Vec<String> {
+        let now = Utc::now().timestamp_millis();
+        let recent = now - now.rem_euclid(MINUTE_MS) - 2 * MINUTE_MS;
+        let bar = |sym: &str, t: i64| {
+            let raw = RawBar {
+                t,
+                o: 100_0000,
+                h: 101_0000,
+                l: 99_0000,
+                c: 100_5000,
+                vw: 100_2000,
+                v: super::series::Volume::Bare(100),
+                n: Some(3),
+            };
+            let am = Am {
+                v: 100,
+                c: raw.c,
+                av: 100,
+                op: raw.o,
+                a: raw.vw,
+            };
+            let mut buf = Vec::new();
+            let sym = format!("\"sym\":{}", json_str(sym));
+            write_am(&mut buf, sym.as_bytes(), &raw, &am);
+            String::from_utf8(buf).unwrap_or_default()
+        };
+        let mut out = vec![bar("ZZZZ", recent), bar("Q", recent)];
+        for topic in &self.topics {
+            if let Some(sym) = topic.strip_prefix("AM.").filter(|s| *s != "*") {
+                out.push(bar(sym, 0));
+                out.push(bar(sym, -MINUTE_MS));
+            }
+        }
+        out
     }
 
     fn subscribe(&mut self, params: &str) -> Vec<String> {
