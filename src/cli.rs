@@ -259,14 +259,14 @@ fn finish(summary: &Summary) -> ExitCode {
 
 /// `RUST_LOG` wins over `log.level`; logs go to stderr so stdout stays the command's output.
 fn init_logging(cfg: &Config) {
+    // refinery narrates every migration at info; `migrate` prints its own summary.
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| tracing_subscriber::EnvFilter::try_new(d).is_ok())
+        .unwrap_or_else(|| format!("{},refinery_core=warn", cfg.log.level));
     // tungstenite logs every frame it sends at trace, the auth message (the key) included.
-    let filter = crate::sources::ws::quiet_wire_logs(
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            // refinery narrates every migration at info; `migrate` prints its own summary.
-            .unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("{},refinery_core=warn", cfg.log.level))
-            }),
-    );
+    let filter =
+        tracing_subscriber::EnvFilter::new(crate::sources::ws::quiet_wire_logs(&directives));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -502,3 +502,127 @@ async fn rejected_bars_are_logged_named_on_the_console_and_the_rest_load() {
         warnings[20]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bars_outside_the_window_are_quality_rows_and_the_window_stays_pending() {
+    // A vendor that sends `t` in seconds: every bar lands in January 1970.
+    let (db, _sim, _dir, cfg) = setup(
+        "bf_seconds",
+        SimConfig {
+            symbol_faults: HashMap::from([("AAPL".to_string(), SymbolFault::SecondsTimestamps)]),
+            ..sim_config(&["AAPL"])
+        },
+    )
+    .await;
+    let out = run(&args(&cfg, "AAPL", "2024-01-10", "2024-01-11"), &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("none of the") && out.stderr.contains("stays pending"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("outside_window"), "{}", out.stderr);
+    let fetched: u64 = summary_value(&out.stdout, "fetched").parse().unwrap();
+    let rejected: u64 = summary_value(&out.stdout, "rejected").parse().unwrap();
+    assert!(fetched > 1000, "{}", out.stdout);
+    assert_eq!(fetched, rejected, "{}", out.stdout);
+    assert_eq!(stored_bars(&db).await.len(), 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.data_quality_logs WHERE check_name = 'outside_window'")
+            .await as u64,
+        rejected
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE state = 'pending' AND last_error LIKE '%none of the%'")
+            .await,
+        1
+    );
+    let state: Vec<String> = db
+        .column("SELECT state FROM data_ingestion.ingestion_status WHERE symbol = 'AAPL'")
+        .await;
+    assert_eq!(state, ["error"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_page_chain_ends_the_window_with_an_error_naming_it() {
+    let (db, sim, _dir, cfg) = setup(
+        "bf_endless",
+        SimConfig {
+            page_size: 500,
+            symbol_faults: HashMap::from([("AAPL".to_string(), SymbolFault::EndlessCursor)]),
+            ..sim_config(&["AAPL"])
+        },
+    )
+    .await;
+    let out = run(&args(&cfg, "AAPL", "2024-01-10", "2024-01-11"), &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("page chain stopped advancing"),
+        "{}",
+        out.stderr
+    );
+    // The window is named: its start on the grid.
+    let (start, _) = grid("2024-01-10", "2024-01-11")[0];
+    let shown = start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    assert!(out.stderr.contains(&shown), "{shown}: {}", out.stderr);
+    assert!(
+        sim.requests().len() <= 5,
+        "{} requests",
+        sim.requests().len()
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE state = 'pending' AND last_error LIKE '%page chain%'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_echoed_in_a_200_body_reaches_no_output_or_table_and_failures_show_in_status() {
+    let (db, _sim, _dir, cfg) = setup(
+        "bf_echo",
+        SimConfig {
+            symbol_faults: HashMap::from([
+                ("AAPL".to_string(), SymbolFault::EchoKey),
+                ("NOPE".to_string(), SymbolFault::NotFound),
+            ]),
+            ..sim_config(&["AAPL", "NOPE"])
+        },
+    )
+    .await;
+    for rust_log in ["trace", "tungstenite::protocol=trace,trace"] {
+        let out = run(
+            &args(&cfg, "AAPL,NOPE", "2024-01-10", "2024-01-11"),
+            &[("RUST_LOG", rust_log)],
+        )
+        .await;
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        assert!(out.stderr.contains("is not entitled"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("key *** is not entitled"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains(KEY), "the key is on stderr");
+        assert!(!out.stdout.contains(KEY), "the key is on stdout");
+    }
+    // Both symbols failed before their first bar, and both show it.
+    let rows: Vec<String> = db
+        .column("SELECT symbol || ' ' || state || ' ' || last_error FROM data_ingestion.ingestion_status ORDER BY 1")
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].starts_with("AAPL error ") && rows[0].contains("***"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].starts_with("NOPE error ") && rows[1].contains("404"),
+        "{rows:?}"
+    );
+    let dump = pg_dump(&db);
+    assert!(
+        dump.contains("is not entitled"),
+        "the dump misses the error"
+    );
+    assert!(!dump.contains(KEY), "the key is in the database");
+}

@@ -638,3 +638,36 @@ async fn a_stream_that_never_authenticates_shows_in_ingestion_status() {
         assert_eq!(out.code, Some(0), "{}", out.stderr);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_in_no_log_even_at_tungstenite_trace() {
+    let db = TestDb::migrated("run_trace").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 20.0,
+            faults: vec![WsFault::DisconnectAfterFrames(6)],
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&db, dir.path(), &sim);
+    for rust_log in [
+        "tungstenite::protocol=trace",
+        "trace,tokio_tungstenite=trace",
+    ] {
+        let child = spawn_mdingest_env(&run_args(&cfg), &[("RUST_LOG", rust_log)]);
+        wait_until("a reconnect", 30, async || sim.ws_connections().len() >= 2).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let out = stop(child).await;
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(!out.stderr.is_empty(), "nothing logged at {rust_log}");
+        assert!(!out.stderr.contains(KEY), "the key is logged at {rust_log}");
+        assert!(!out.stdout.contains(KEY));
+    }
+    assert!(!pg_dump(&db).contains(KEY), "the key is in the database");
+}

@@ -429,7 +429,7 @@ fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
     let buf = Arc::new(Mutex::new(Vec::new()));
     let sink = Sink(buf.clone());
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(quiet_wire_logs(EnvFilter::new("trace")))
+        .with_env_filter(EnvFilter::new(quiet_wire_logs("trace")))
         .with_ansi(false)
         .with_writer(move || sink.clone())
         .finish();

@@ -46,7 +46,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use crate::config::Secret;
 use crate::text::excerpt;
@@ -76,24 +75,25 @@ const LIMIT_FLOOR: Duration = Duration::from_secs(2);
 
 /// tungstenite dumps every frame it writes at `trace` (through the `log` crate, which
 /// `tracing_subscriber`'s `try_init` bridges), the authentication message and its key in plain
-/// text included. A log filter must carry these directives, which win over a general `trace`
-/// such as `RUST_LOG=trace`; see [`quiet_wire_logs`].
-pub const WIRE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+/// text included. Whatever directives a filter holds for these crates (a more specific one such
+/// as `tungstenite::protocol=trace` would win over any general one) are replaced by these.
+pub const WIRE_LOG_DIRECTIVES: [&str; 2] = ["tungstenite=warn", "tokio_tungstenite=warn"];
 
-/// `filter` with [`WIRE_LOG_DIRECTIVES`] added when it would let `trace` through: the daemon's
-/// logging must go through this. (Added to a quieter filter, a directive would turn
-/// tungstenite's debug records on, not off.)
-pub fn quiet_wire_logs(mut filter: EnvFilter) -> EnvFilter {
-    if filter.max_level_hint() != Some(tracing_subscriber::filter::LevelFilter::TRACE) {
-        return filter;
-    }
-    for directive in WIRE_LOG_DIRECTIVES {
-        // Constants; a unit test checks that they parse.
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    filter
+/// `directives` (an `EnvFilter` string such as `RUST_LOG`) without any directive for the
+/// WebSocket crates, then [`WIRE_LOG_DIRECTIVES`]: frame payloads are never logged, whatever
+/// the operator asked for. The daemon's logging must go through this.
+pub fn quiet_wire_logs(directives: &str) -> String {
+    let mut kept: Vec<&str> = directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .filter(|d| {
+            let target = d.split(['=', '[']).next().unwrap_or("");
+            !(target.starts_with("tungstenite") || target.starts_with("tokio_tungstenite"))
+        })
+        .collect();
+    kept.extend(WIRE_LOG_DIRECTIVES);
+    kept.join(",")
 }
 
 /// A vendor's stream protocol. Pure and synchronous: it builds messages and decodes frames;
@@ -928,6 +928,7 @@ mod tests {
 
     #[test]
     fn wire_traces_are_filtered_out() {
+        use tracing_subscriber::EnvFilter;
         for directive in WIRE_LOG_DIRECTIVES {
             assert!(
                 directive
@@ -936,13 +937,25 @@ mod tests {
                 "{directive}"
             );
         }
-        let filter = quiet_wire_logs(EnvFilter::new("trace,tungstenite=trace"));
-        let subscriber = tracing_subscriber::fmt().with_env_filter(filter).finish();
-        tracing::subscriber::with_default(subscriber, || {
-            assert!(!tracing::enabled!(target: "tungstenite::protocol", tracing::Level::TRACE));
-            assert!(tracing::enabled!(target: "tungstenite::protocol", tracing::Level::DEBUG));
-            assert!(tracing::enabled!(target: "mdingest::sources::ws", tracing::Level::TRACE));
-        });
+        for asked in [
+            "trace",
+            "trace,tungstenite=trace",
+            "info,tungstenite::protocol=trace",
+            "tokio_tungstenite[conn]=trace , debug",
+        ] {
+            let filter = EnvFilter::new(quiet_wire_logs(asked));
+            let subscriber = tracing_subscriber::fmt().with_env_filter(filter).finish();
+            tracing::subscriber::with_default(subscriber, || {
+                use tracing::Level;
+                assert!(!tracing::enabled!(target: "tungstenite::protocol", Level::DEBUG));
+                assert!(!tracing::enabled!(target: "tokio_tungstenite::compat", Level::DEBUG));
+                assert!(tracing::enabled!(target: "tungstenite::protocol", Level::WARN));
+            });
+        }
+        assert_eq!(
+            quiet_wire_logs("trace,mdingest=debug"),
+            "trace,mdingest=debug,tungstenite=warn,tokio_tungstenite=warn"
+        );
     }
 
     #[test]

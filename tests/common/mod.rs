@@ -438,3 +438,17 @@ pub fn series_rows(
     }
     out
 }
+
+/// Every text the database holds, as `pg_dump` writes it.
+pub fn pg_dump(db: &TestDb) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args(["--data-only", "--schema=data_ingestion", &db.url])
+        .output()
+        .expect("pg_dump (PostgreSQL's client tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
