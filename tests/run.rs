@@ -236,21 +236,29 @@ async fn a_frozen_database_holds_bars_back_and_the_next_start_gap_fills_them() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_with(&db, dir.path(), &sim, 2);
+    let cfg = config_with(&db, dir.path(), &sim, 3);
     let child = spawn_mdingest(&run_args(&cfg));
     wait_until("some bars stored", 30, async || {
         stored_bars(&db).await.len() >= 6
     })
     .await;
-    // The database freezes: nothing commits while the lock is held.
+    // The database freezes: nothing commits, and no feed's state can be written, while the
+    // locks are held.
     let locker = db.client().await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE data_ingestion.market_data IN ACCESS EXCLUSIVE MODE")
+        .batch_execute(
+            "BEGIN; LOCK TABLE data_ingestion.market_data, data_ingestion.ingestion_status,
+             data_ingestion.backfill_tasks IN ACCESS EXCLUSIVE MODE",
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopped = std::time::Instant::now();
     let out = stop(child).await;
+    // SPEC: within shutdown_timeout_secs + 2 s, writing the feeds' final state included.
+    let took = stopped.elapsed();
     locker.batch_execute("ROLLBACK").await.unwrap();
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
         out.stderr.contains("bars received were not committed"),

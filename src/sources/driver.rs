@@ -28,6 +28,8 @@ use crate::shutdown::{Shutdown, Signal};
 const WAIT_NOTICE: Duration = Duration::from_secs(5);
 /// Marking feeds at the end must not hold the exit when the database is gone.
 const FINISH_FEEDS_TIMEOUT: Duration = Duration::from_secs(10);
+/// After giving up on the database, how long the feeds' final state may still take.
+const GIVEN_UP_GRACE: Duration = Duration::from_millis(500);
 
 /// A producer of bars. `run` hands chunks to `ctx` until its input ends or `ctx.stop()` fires,
 /// records each feed's outcome in `ctx.feeds()`, and returns the failures to report (one line
@@ -295,11 +297,23 @@ pub async fn drive<S: Source>(
         (None, None, None) => Ending::Completed,
     };
     let finish = finish_feeds(&pool, data_source, mode, outcomes, end);
-    match tokio::time::timeout(FINISH_FEEDS_TIMEOUT, finish).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the feeds' final state"),
-        Err(_) => {
-            tracing::warn!("cannot record the feeds' final state: the database did not answer")
+    // Once the run has given up on the database, its final state gets a moment, no more: the
+    // exit must come within the shutdown deadline (the feeds' stretch is a pending gap anyway).
+    let abandon = shutdown.abandon_token();
+    let given_up = async {
+        abandon.cancelled().await;
+        tokio::time::sleep(GIVEN_UP_GRACE).await;
+    };
+    tokio::select! {
+        r = tokio::time::timeout(FINISH_FEEDS_TIMEOUT, finish) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the feeds' final state"),
+            Err(_) => {
+                tracing::warn!("cannot record the feeds' final state: the database did not answer")
+            }
+        },
+        _ = given_up => {
+            tracing::warn!("cannot record the feeds' final state: the database did not answer in time")
         }
     }
     match fatal {
