@@ -29,13 +29,22 @@ pub enum DomainError {
     UnknownSource(String),
     #[error("unknown timeframe {0:?} (expected 1m, 5m, 15m, 1h or 1d)")]
     UnknownTimeframe(String),
-    #[error("{field} \"{value}\" is not a number")]
+    /// `value` is the wire's text: a JSON string keeps its own quotes, which are not doubled.
+    #[error("{field} {} is not a number", quoted_once(.value))]
     NotANumber { field: &'static str, value: String },
     #[error("volume {0} does not fit a BIGINT")]
     VolumeOutOfRange(Decimal),
     /// A well-formed number too large for any column (`1e30`, 30 digits).
     #[error("{field} {value} is out of range")]
     OutOfRange { field: &'static str, value: String },
+}
+
+fn quoted_once(value: &str) -> String {
+    if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+        value.to_string()
+    } else {
+        format!("\"{value}\"")
+    }
 }
 
 impl DomainError {
@@ -386,6 +395,19 @@ fn looks_numeric(s: &str) -> bool {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_value_is_quoted_once() {
+        let e = |v: &str| {
+            DomainError::NotANumber {
+                field: "open",
+                value: v.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(e("\"1.5\""), "open \"1.5\" is not a number");
+        assert_eq!(e("abc"), "open \"abc\" is not a number");
+    }
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()

@@ -194,6 +194,8 @@ pub struct WriteCounts {
     pub updated: u64,
     pub unchanged: u64,
     pub rejected: u64,
+    /// Bars merged into a later bar with the same key in their batch (the later one wins).
+    pub duplicates: u64,
 }
 
 impl WriteCounts {
@@ -202,6 +204,7 @@ impl WriteCounts {
         self.updated += o.updated;
         self.unchanged += o.unchanged;
         self.rejected += o.rejected;
+        self.duplicates += o.duplicates;
     }
     pub fn written(&self) -> u64 {
         self.inserted + self.updated + self.unchanged

@@ -626,3 +626,22 @@ async fn a_key_echoed_in_a_200_body_reaches_no_output_or_table_and_failures_show
     );
     assert!(!dump.contains(KEY), "the key is in the database");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_html_page_behind_a_200_is_retried_and_1970_is_asked_as_1970() {
+    let (db, sim, _dir, cfg) = setup("bf_html", sim_config(&["AAPL"])).await;
+    sim.push_faults([Fault::Html]);
+    let out = run(&args(&cfg, "AAPL", FROM, "2024-01-12"), &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("not aggregates JSON"), "{}", out.stderr);
+    assert_eq!(
+        stored_bars(&db).await,
+        expected(&["AAPL"], FROM, "2024-01-12")
+    );
+
+    // The grid's first window starts in 1969; nothing before 1970 is asked for.
+    let out = run(&args(&cfg, "AAPL", "1970-01-01", "1970-01-02"), &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let firsts: Vec<i64> = sim.requests().iter().filter_map(|r| r.from_ms).collect();
+    assert!(firsts.iter().all(|&f| f >= 0), "{firsts:?}");
+}

@@ -471,3 +471,33 @@ async fn an_import_that_fails_midway_leaves_no_feed_running() {
         .await;
     assert_eq!(states, ["AAA error"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_adds_up_when_rows_repeat() {
+    let db = TestDb::migrated("import_dups").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    // Every row twice, the second with another volume: the later one wins.
+    let once = minute_csv(["AAPL", "MSFT"], 50);
+    let mut csv = once.clone();
+    for line in once.lines().skip(1) {
+        csv.push_str(&line.replacen(",100,", ",200,", 1));
+        csv.push('\n');
+    }
+    let file = write(dir.path(), "dups.csv", csv.as_bytes());
+    let out = import(&cfg, &[&file]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{}", text, stderr(&out));
+    let n = |k: &str| summary_value(&text, k).parse::<u64>().unwrap();
+    assert_eq!(n("rows read"), 200, "{text}");
+    assert_eq!(
+        n("inserted") + n("updated") + n("unchanged") + n("rejected") + n("duplicates"),
+        n("rows read"),
+        "{text}"
+    );
+    assert_eq!(n("inserted"), 100, "{text}");
+    let vols: Vec<i64> = db
+        .column("SELECT DISTINCT volume FROM data_ingestion.market_data")
+        .await;
+    assert_eq!(vols, [200]);
+}

@@ -141,7 +141,7 @@ pub async fn write_batch(
             inserted: n(0),
             updated: n(1),
             unchanged: n(2),
-            rejected: 0,
+            ..WriteCounts::default()
         });
     }
     let mut counts = WriteCounts::default();

@@ -62,7 +62,8 @@ impl Batch {
     }
 
     /// Keeps the last of several bars with one key: the later one is the vendor's correction.
-    pub fn dedup(&mut self) {
+    /// Returns how many were merged away.
+    pub fn dedup(&mut self) -> u64 {
         let keep: Vec<bool> = {
             let mut last: HashMap<(&str, DateTime<Utc>, DataSource), usize> =
                 HashMap::with_capacity(self.entries.len());
@@ -70,7 +71,7 @@ impl Batch {
                 last.insert((e.bar.symbol.as_str(), e.bar.timestamp, e.bar.source), i);
             }
             if last.len() == self.entries.len() {
-                return;
+                return 0;
             }
             let mut keep = vec![false; self.entries.len()];
             for i in last.into_values() {
@@ -78,11 +79,13 @@ impl Batch {
             }
             keep
         };
+        let before = self.entries.len();
         let mut i = 0;
         self.entries.retain(|_| {
             i += 1;
             keep[i - 1]
         });
+        (before - self.entries.len()) as u64
     }
 
     /// The feeds this batch advances, with the newest bar and the number of bars of each.

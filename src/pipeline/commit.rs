@@ -129,7 +129,7 @@ fn commit<'a>(
     state: &'a mut WriterState,
 ) -> CommitFuture<'a> {
     Box::pin(async move {
-        batch.dedup();
+        let duplicates = batch.dedup();
         let feeds = batch.feeds(|s| ctx.timeframes.of(s));
         state.seq += 1;
         let token = format!(
@@ -183,6 +183,7 @@ fn commit<'a>(
             Ok(mut counts) => {
                 state.expect_new = counts.inserted == batch.entries.len() as u64;
                 counts.rejected = batch.rejected_bars;
+                counts.duplicates = duplicates;
                 let noted = batch
                     .rejections
                     .iter()
@@ -195,7 +196,11 @@ fn commit<'a>(
                     noted,
                 })
             }
-            Err(e) if e.fault() == Fault::BadData => isolate(ctx, batch, e, state).await,
+            Err(e) if e.fault() == Fault::BadData => {
+                let mut report = isolate(ctx, batch, e, state).await?;
+                report.counts.duplicates += duplicates;
+                Ok(report)
+            }
             Err(e) => Err(Failure::Fatal(e.to_string())),
         }
     })

@@ -65,6 +65,16 @@ pub(crate) fn error(status: u16, word: &str, key: &str, id: &str, text: &str) ->
     }
 }
 
+/// A proxy's or CDN's page behind a 200: not aggregates JSON at all.
+pub(crate) fn html_page() -> Answer {
+    Answer {
+        status: 200,
+        extra: Vec::new(),
+        body: b"<html><body><h1>Service temporarily busy</h1></body></html>".to_vec(),
+        bars: 0,
+    }
+}
+
 pub(crate) fn bad_request(id: &str, text: &str) -> Answer {
     error(400, "ERROR", "error", id, text)
 }

@@ -95,6 +95,8 @@ pub enum Fault {
     TruncatedBody,
     /// The connection is reset (RST) before any byte of the answer.
     ConnectionReset,
+    /// 200 with an HTML page in place of JSON (a proxy's or CDN's error page).
+    Html,
     /// The normal answer, its body dribbled out over `total`.
     SlowBody { total: Duration },
 }
@@ -118,8 +120,9 @@ impl FromStr for Fault {
                 "401" => Ok(Fault::Unauthorized),
                 "truncate" => Ok(Fault::TruncatedBody),
                 "reset" => Ok(Fault::ConnectionReset),
+                "html" => Ok(Fault::Html),
                 _ => Err(format!(
-                    "unknown fault {s:?} (expected none, 429[:SECS], 500, 401, truncate, reset or slow:MS)"
+                    "unknown fault {s:?} (expected none, 429[:SECS], 500, 401, truncate, reset, html or slow:MS)"
                 )),
             },
             Some(("429", secs)) => Ok(Fault::TooManyRequests {
@@ -129,7 +132,7 @@ impl FromStr for Fault {
                 total: Duration::from_millis(number(ms, "milliseconds")?),
             }),
             Some(_) => Err(format!(
-                "unknown fault {s:?} (expected none, 429[:SECS], 500, 401, truncate, reset or slow:MS)"
+                "unknown fault {s:?} (expected none, 429[:SECS], 500, 401, truncate, reset, html or slow:MS)"
             )),
         }
     }

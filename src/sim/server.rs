@@ -351,6 +351,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
                 (api::rate_limited(&id, *retry_after_secs), Delivery::Whole)
             }
             Some(Fault::ServerError) => (api::server_error(&id), Delivery::Whole),
+            Some(Fault::Html) => (api::html_page(), Delivery::Whole),
             Some(Fault::Unauthorized) => {
                 (api::unauthorized(&id, "Unknown API Key"), Delivery::Whole)
             }

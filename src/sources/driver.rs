@@ -210,6 +210,7 @@ impl fmt::Display for Summary {
             ("updated", self.counts.updated.to_string()),
             ("unchanged", self.counts.unchanged.to_string()),
             ("rejected", self.counts.rejected.to_string()),
+            ("duplicates", self.counts.duplicates.to_string()),
             ("seconds", format!("{:.2}", self.seconds)),
             ("rows/s", format!("{rate:.0}")),
         ]);
