@@ -141,7 +141,10 @@ impl Source for PolygonLive {
         for _ in 0..GAP_WORKERS {
             workers.spawn(gaps.clone().worker());
         }
-        let (tx, mut rx) = mpsc::channel(64);
+        // Memory is bounded in bars, not frames: a frame may carry a hundred thousand events
+        // (16 MiB), so the session hands over one at a time, and the queue (bounded in bars)
+        // holds the rest back.
+        let (tx, mut rx) = mpsc::channel(1);
         let runner = {
             let (session, stop) = (session.clone(), ctx.stop().clone());
             tokio::spawn(async move { session.run(tx, stop).await })

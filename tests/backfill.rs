@@ -645,3 +645,40 @@ async fn an_html_page_behind_a_200_is_retried_and_1970_is_asked_as_1970() {
     let firsts: Vec<i64> = sim.requests().iter().filter_map(|r| r.from_ms).collect();
     assert!(firsts.iter().all(|&f| f >= 0), "{firsts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_31_mb_pages_for_four_symbols() {
+    let symbols = ["AAPL", "MSFT", "IBM", "ORCL"];
+    for (tag, fault) in [
+        ("bf_padded", SymbolFault::Padded),
+        ("bf_oversized", SymbolFault::Oversized),
+    ] {
+        let (db, sim, _dir, cfg) = setup(
+            tag,
+            SimConfig {
+                symbol_faults: symbols.iter().map(|s| (s.to_string(), fault)).collect(),
+                ..sim_config(&symbols)
+            },
+        )
+        .await;
+        let out = run(&args(&cfg, "AAPL,MSFT,IBM,ORCL", FROM, TO), &[]).await;
+        let mb = out.peak_rss as f64 / 1e6;
+        eprintln!("{tag}: peak RSS {mb:.1} MB");
+        assert!(mb < 128.0, "{tag}: peak RSS {mb:.1} MB");
+        let most = sim.requests().iter().map(|r| r.bars).max().unwrap();
+        if fault == SymbolFault::Padded {
+            // 31 MB pages (3,500 bytes of padding a result) load whole.
+            assert!(
+                most * 3_500 > 28_000_000,
+                "pages of {most} bars prove nothing"
+            );
+            assert_eq!(out.code, Some(0), "{}", out.stderr);
+            assert_eq!(stored_bars(&db).await, expected(&symbols, FROM, TO));
+        } else {
+            // Five times more results than a page may hold: refused before they are decoded.
+            assert!(most >= 250_000, "{most}");
+            assert_eq!(out.code, Some(1), "{}", out.stderr);
+            assert!(out.stderr.contains("more than the 50000"), "{}", out.stderr);
+        }
+    }
+}

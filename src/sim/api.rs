@@ -100,6 +100,8 @@ fn symbol_fault(id: &str, fault: SymbolFault) -> Option<Answer> {
         SymbolFault::Forbidden => Some(error(403, "NOT_AUTHORIZED", "message", id, NOT_ENTITLED)),
         SymbolFault::ServerError => Some(server_error(id)),
         SymbolFault::InconsistentBars
+        | SymbolFault::Padded
+        | SymbolFault::Oversized
         | SymbolFault::SecondsTimestamps
         | SymbolFault::EndlessCursor
         | SymbolFault::EchoKey => None,
@@ -371,6 +373,15 @@ impl Api {
                 }
             }
             Some(SymbolFault::SecondsTimestamps) => bars.iter_mut().for_each(|b| b.t /= 1000),
+            Some(SymbolFault::Oversized) if !bars.is_empty() => {
+                let page = bars.clone();
+                bars = page
+                    .iter()
+                    .cycle()
+                    .take(OVERSIZED_RESULTS)
+                    .copied()
+                    .collect();
+            }
             _ => {}
         }
         let next = grid.next();
@@ -394,22 +405,51 @@ impl Api {
         Answer {
             status: 200,
             extra: Vec::new(),
-            body: aggs_body(&ticker, adjusted, &bars, id, next_url.as_deref()),
+            body: aggs_body(
+                &ticker,
+                adjusted,
+                &bars,
+                id,
+                next_url.as_deref(),
+                if fault == Some(SymbolFault::Padded) {
+                    PAD_BYTES
+                } else {
+                    0
+                },
+            ),
             bars: bars.len(),
         }
     }
 }
 
-/// The page, written directly into one buffer: no per-bar JSON values.
+/// Results in a page of `SymbolFault::Oversized`: five times Polygon's largest, 31 MB.
+const OVERSIZED_RESULTS: usize = 250_000;
+
+/// What `SymbolFault::Padded` adds to each result: a 30-day window of minute bars (about 8,600)
+/// makes a 31 MB page.
+const PAD_BYTES: usize = 3_500;
+
+/// The page, written directly into one buffer: no per-bar JSON values. Each result carries an
+/// extra field of `pad` bytes when asked.
 fn aggs_body(
     ticker: &str,
     adjusted: bool,
     bars: &[RawBar],
     id: &str,
     next_url: Option<&str>,
+    pad: usize,
 ) -> Vec<u8> {
     use super::series::push_u64;
-    let mut b = Vec::with_capacity(512 + bars.len() * 128);
+    let mut b = Vec::with_capacity(512 + bars.len() * (128 + pad));
+    let write = |bar: &RawBar, b: &mut Vec<u8>| {
+        bar.write_json(b);
+        if pad > 0 {
+            b.pop();
+            b.extend_from_slice(b",\"pad\":\"");
+            b.resize(b.len() + pad, b'x');
+            b.extend_from_slice(b"\"}");
+        }
+    };
     let k = bars.len() as u64;
     b.extend_from_slice(b"{\"ticker\":");
     b.extend_from_slice(json_str(ticker).as_bytes());
@@ -425,10 +465,10 @@ fn aggs_body(
     // Polygon omits `results` altogether when there are none; clients must cope.
     if let Some((first, rest)) = bars.split_first() {
         b.extend_from_slice(b",\"results\":[");
-        first.write_json(&mut b);
+        write(first, &mut b);
         for bar in rest {
             b.push(b',');
-            bar.write_json(&mut b);
+            write(bar, &mut b);
         }
         b.push(b']');
     }

@@ -158,6 +158,12 @@ pub enum SymbolFault {
     /// 200 `{"status":"ERROR",…,"error":"key <KEY> is not entitled…"}`: the key echoed back in
     /// a success status.
     EchoKey,
+    /// Pages of 250,000 results (the window's bars over and over), whatever the `limit`: 31 MB,
+    /// five times the most Polygon sends.
+    Oversized,
+    /// Normal answers whose every result carries an extra 3,500-byte field: a 30-day window of
+    /// minute bars is a 31 MB page.
+    Padded,
 }
 
 /// The bars `SymbolFault::InconsistentBars` spoils: one minute in 25.
@@ -178,8 +184,10 @@ impl FromStr for SymbolFault {
             "seconds" => Ok(SymbolFault::SecondsTimestamps),
             "endless" => Ok(SymbolFault::EndlessCursor),
             "echo-key" => Ok(SymbolFault::EchoKey),
+            "padded" => Ok(SymbolFault::Padded),
+            "oversized" => Ok(SymbolFault::Oversized),
             _ => Err(format!(
-                "unknown symbol fault {s:?} (expected 404, 403, 500, inconsistent, seconds, endless or echo-key)"
+                "unknown symbol fault {s:?} (expected 404, 403, 500, inconsistent, seconds, endless, echo-key, padded or oversized)"
             )),
         }
     }

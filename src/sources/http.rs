@@ -254,7 +254,18 @@ pub struct HttpSource {
     retry: RetryPolicy,
     max_body: usize,
     error_message: MessageExtractor,
+    /// Held by the one body allowed past [`SMALL_BODY`] at a time, from then until it is
+    /// decoded and dropped: a vendor's workers together hold at most `workers × SMALL_BODY +
+    /// max_body` of raw bodies, whatever sizes the vendor sends.
+    big_body: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// A body's turn past [`SMALL_BODY`].
+type BigTurn = tokio::sync::OwnedMutexGuard<()>;
+
+/// Bodies up to this size are read side by side; a larger one waits for its turn. A full page
+/// of 50,000 Polygon bars is about 6 MB.
+const SMALL_BODY: usize = 8 << 20;
 
 impl fmt::Debug for HttpSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -325,6 +336,7 @@ impl HttpSource {
             retry: RetryPolicy::default(),
             max_body: DEFAULT_MAX_BODY,
             error_message,
+            big_body: Arc::default(),
         })
     }
 
@@ -374,7 +386,14 @@ impl HttpSource {
         loop {
             attempts += 1;
             self.limiter.until_ready().await;
-            let failed = match self.attempt(url).await.map(|body| decode(&body)) {
+            let decoded = self.attempt(url).await.map(|(body, turn)| {
+                let decoded = decode(&body);
+                // The raw body goes before its turn does.
+                drop(body);
+                drop(turn);
+                decoded
+            });
+            let failed = match decoded {
                 Ok(Body::Ok(value)) => return Ok(value),
                 Ok(Body::Unreadable(reason)) => Failed {
                     problem: Problem::Transport {
@@ -413,7 +432,8 @@ impl HttpSource {
         }
     }
 
-    async fn attempt(&self, url: &Url) -> Result<Vec<u8>, Failed> {
+    /// One request: the body of a 2xx, with the big-body turn it took, if it grew that large.
+    async fn attempt(&self, url: &Url) -> Result<(Vec<u8>, Option<BigTurn>), Failed> {
         let mut req = self.client.get(url.clone());
         for (name, value) in self.auth.iter() {
             req = req.header(name, value.clone());
@@ -434,14 +454,18 @@ impl HttpSource {
                 retry: Retry::No,
             });
         }
-        let mut body = Vec::with_capacity(
-            resp.content_length()
-                .map_or(0, |n| n as usize)
-                .min(self.max_body),
-        );
+        let announced = resp.content_length().map_or(0, |n| n as usize);
+        let mut turn = None;
+        if announced > SMALL_BODY {
+            turn = Some(self.big_body.clone().lock_owned().await);
+        }
+        let mut body = Vec::with_capacity(announced.min(self.max_body));
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
+                    if turn.is_none() && body.len() + chunk.len() > SMALL_BODY {
+                        turn = Some(self.big_body.clone().lock_owned().await);
+                    }
                     // Decompressed bytes are counted, so a gzip bomb stops here too.
                     if body.len() + chunk.len() > self.max_body {
                         return Err(Failed {
@@ -453,7 +477,7 @@ impl HttpSource {
                     }
                     body.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok(body),
+                Ok(None) => return Ok((body, turn)),
                 Err(e) => return Err(self.transport(e)),
             }
         }

@@ -46,7 +46,13 @@ pub enum DecodeError {
     Vendor { status: String, message: String },
     #[error("response is for ticker {found:?}, not {expected}")]
     TickerMismatch { expected: String, found: String },
+    /// More results than any page may hold: memory is bounded in bars, whatever a vendor sends.
+    #[error("the page holds {0} results, more than the {MAX_RESULTS} a page may hold")]
+    TooManyResults(usize),
 }
+
+/// Polygon's largest page (`limit`): a page holding more is refused before it is decoded.
+pub const MAX_RESULTS: usize = 50_000;
 
 impl DecodeError {
     /// The same error with `scrub` applied to every text that came from the vendor.
@@ -64,6 +70,7 @@ impl DecodeError {
                 expected,
                 found: scrub(&found),
             },
+            e @ DecodeError::TooManyResults(_) => e,
         }
     }
 
@@ -168,6 +175,9 @@ pub fn decode_aggs(body: &[u8], symbol: &Symbol) -> Result<AggsPage, DecodeError
         }
     }
     let results = env.results.unwrap_or_default();
+    if results.len() > MAX_RESULTS {
+        return Err(DecodeError::TooManyResults(results.len()));
+    }
     let mut bars = Vec::with_capacity(results.len());
     let mut rejections = Vec::new();
     for raw in results {

@@ -17,7 +17,7 @@ use crate::domain::{Symbol, Timeframe};
 use crate::sources::http::{Blame, Body, HttpError, HttpSource, RetryPolicy};
 
 const VENDOR: &str = "polygon";
-/// Polygon's largest page.
+/// Polygon's largest page: `decode::MAX_RESULTS`.
 const PAGE_LIMIT: &str = "50000";
 
 #[derive(Debug, thiserror::Error)]
