@@ -175,13 +175,7 @@ impl Source for PolygonLive {
                 }
                 SessionEvent::Data(events) => {
                     let since = connection.unwrap_or_else(Utc::now) - STREAM_MAX_AGE;
-                    let (bars, rejections) = split(events, &subscribed, since);
-                    if (!bars.is_empty() || !rejections.is_empty())
-                        && ctx
-                            .send(Chunk::new(Mode::Stream, bars, rejections))
-                            .await
-                            .is_err()
-                    {
+                    if send_frame(&ctx, events, &subscribed, since).await.is_err() {
                         break;
                     }
                 }
@@ -367,14 +361,37 @@ impl GapFill {
     }
 }
 
-/// A frame's bars and rejections. Only bars of subscribed symbols, and not older than `since`,
-/// are stored: anything else is a quality record.
-fn split(
+/// Events of a frame turned into bars and rejections at a time: a rejection holds about 1 KB,
+/// so a frame of 100,000 refused events is never held as rejections all at once.
+const SEND_SLICE: usize = 4096;
+
+/// Hands a frame's events to the pipeline, a slice at a time (each waits for room in the
+/// queue, which is bounded in bars).
+async fn send_frame(
+    ctx: &SourceContext,
     events: Vec<PolygonEvent>,
     subscribed: &HashSet<Symbol>,
     since: DateTime<Utc>,
+) -> Result<(), crate::pipeline::PipelineClosed> {
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let slice = events.by_ref().take(SEND_SLICE);
+        let (bars, rejections) = split(slice, subscribed, since);
+        if !bars.is_empty() || !rejections.is_empty() {
+            ctx.send(Chunk::new(Mode::Stream, bars, rejections)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A frame's bars and rejections. Only bars of subscribed symbols, and not older than `since`,
+/// are stored: anything else is a quality record.
+fn split(
+    events: impl Iterator<Item = PolygonEvent>,
+    subscribed: &HashSet<Symbol>,
+    since: DateTime<Utc>,
 ) -> (Vec<crate::domain::Bar>, Vec<Rejection>) {
-    let mut bars = Vec::with_capacity(events.len());
+    let mut bars = Vec::with_capacity(events.size_hint().0);
     let mut rejections = Vec::new();
     for e in events {
         match e {

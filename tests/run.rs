@@ -679,3 +679,70 @@ async fn the_key_is_in_no_log_even_at_tungstenite_trace() {
     }
     assert!(!pg_dump(&db).contains(KEY), "the key is in the database");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_in_bars_under_a_burst_of_big_frames_while_the_database_is_frozen() {
+    let db = TestDb::migrated("run_burst").await;
+    let symbols: Vec<String> = (0..2000).map(|i| format!("S{i:04}")).collect();
+    let now = Utc::now();
+    let sim = Simulator::start(SimConfig {
+        api_key: KEY.into(),
+        symbols: symbols.clone(),
+        data_to: Some(now - chrono::Duration::minutes(5)),
+        ws: WsConfig {
+            live_from: Some(now - chrono::Duration::days(4)),
+            bars_per_sec: 2000.0,
+            // About 50,000 events a frame.
+            frame_bytes: 8 << 20,
+            record_bars: false,
+            ..WsConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(
+        dir.path(),
+        &format!(
+            "[service]\ngap_fill_lookback_secs = 60\nshutdown_timeout_secs = 2\n\
+             [sources.polygon]\napi_key = \"{KEY}\"\nrest_url = \"{}\"\nws_url = \"{}\"\n\
+             symbols = \"{}\"\ntimeframe = \"1m\"\nrequests_per_minute = 6000\n\
+             stale_after_secs = 30\n",
+            sim.base_url(),
+            sim.ws_url(),
+            symbols.join(",")
+        ),
+    );
+    // Frozen: no bar and no quality row can be written.
+    let locker = db.client().await;
+    locker
+        .batch_execute(
+            "BEGIN; LOCK TABLE data_ingestion.market_data, data_ingestion.data_quality_logs
+             IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    let child = spawn_mdingest(&run_args(&cfg));
+    let pid = child.id() as i32;
+    let measured = tokio::task::spawn_blocking(move || wait_measured(child));
+    // The simulator sends until the daemon stops reading (and drops a reader that stays
+    // stuck, as Polygon does; the daemon then reconnects): far more than the queue holds.
+    let sent = || {
+        sim.ws_connections()
+            .iter()
+            .map(|c| c.bars_sent)
+            .sum::<u64>()
+    };
+    wait_until("a burst of big frames", 60, async || sent() >= 150_000).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = sent();
+    // SAFETY: kill(2) on our own child's pid; no memory is shared.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = measured.await.unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let mb = out.peak_rss as f64 / 1e6;
+    eprintln!("{sent} events sent; peak RSS {mb:.1} MB");
+    assert!(mb < 128.0, "peak RSS {mb:.1} MB");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+}

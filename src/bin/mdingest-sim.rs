@@ -197,6 +197,7 @@ fn main() -> ExitCode {
             // Nothing can read the record in a separate process, and a long benchmark would
             // grow it by 800 KB a second.
             record_bars: false,
+            ..WsConfig::default()
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

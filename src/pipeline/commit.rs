@@ -43,8 +43,10 @@ pub(crate) async fn write_loop(
     };
     let mut uncommitted = 0u64;
     while let Some(batch) = rx.recv().await {
+        // Rows given up on: bars, and the quality records of rows refused.
+        let rows = (batch.entries.len() + batch.rejections.len()) as u64;
         if ctx.abandon.is_cancelled() {
-            uncommitted += batch.entries.len() as u64;
+            uncommitted += rows;
             continue;
         }
         let acks = batch.acks.clone();
@@ -76,7 +78,7 @@ pub(crate) async fn write_loop(
                     let _ = ack.send(report.clone());
                 }
             }
-            Err(Failure::Abandoned) => uncommitted += n,
+            Err(Failure::Abandoned) => uncommitted += rows,
             Err(Failure::Fatal(e)) => {
                 tracing::error!(shard, error = %e, "writer stopped");
                 return Err(PipelineError::Fatal(e));

@@ -161,13 +161,19 @@ impl Pipeline {
             timeframes,
             hasher: std::collections::hash_map::RandomState::new(),
         };
+        // Once the router is gone (the writers gave up), a source waiting for room must hear
+        // that the queue is closed rather than wait for ever.
+        let closer = CloseOnDrop(room.clone());
         Pipeline {
             queue: Queue {
                 tx,
                 room,
                 capacity: cfg.queue_capacity,
             },
-            router: tokio::spawn(router.run(rx)),
+            router: tokio::spawn(async move {
+                let _closer = closer;
+                router.run(rx).await
+            }),
             writers,
         }
     }
@@ -207,6 +213,15 @@ impl Pipeline {
             (None, 0) => Ok(totals),
             (None, uncommitted) => Err(PipelineError::Abandoned { uncommitted }),
         }
+    }
+}
+
+/// Closes the queue's room when dropped.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 

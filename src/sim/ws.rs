@@ -100,6 +100,9 @@ pub struct WsConfig {
     /// Whether [`super::Simulator::ws_bars_sent`] records what went out (16 bytes a bar: the
     /// binary turns it off, since nothing can read it there and a long benchmark would grow it).
     pub record_bars: bool,
+    /// A data frame is closed once it holds this many bytes (256 KiB by default; Polygon's
+    /// frames are far smaller, a hostile server's far larger).
+    pub frame_bytes: usize,
 }
 
 impl Default for WsConfig {
@@ -111,6 +114,7 @@ impl Default for WsConfig {
             faults: Vec::new(),
             port: 0,
             record_bars: true,
+            frame_bytes: MAX_FRAME_BYTES,
         }
     }
 }
@@ -219,6 +223,7 @@ pub(crate) struct WsShared {
     rate: f64,
     rebroadcast_every: Option<i64>,
     record_bars: bool,
+    frame_bytes: usize,
     pub(crate) faults: Mutex<VecDeque<WsFault>>,
     pub(crate) conns: Mutex<Vec<WsConnRecord>>,
     bars_sent: Mutex<Vec<(u32, i64)>>,
@@ -273,6 +278,7 @@ impl WsShared {
                 .rebroadcast_every
                 .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             record_bars: cfg.record_bars,
+            frame_bytes: cfg.frame_bytes.max(1),
             faults: Mutex::new(cfg.faults.into()),
             conns: Mutex::new(Vec::new()),
             bars_sent: Mutex::new(Vec::new()),
@@ -927,7 +933,7 @@ impl Conn {
             let symbol = &shared.symbols[id as usize];
             let sym_json = &shared.sym_json[id as usize];
             while let Some(t) = cursor.due() {
-                if buf.len() >= MAX_FRAME_BYTES {
+                if buf.len() >= shared.frame_bytes {
                     break 'fill;
                 }
                 cursor.next = cursor.grid.next();
