@@ -69,6 +69,30 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// What a credential is replaced with wherever a vendor's text is quoted.
+pub const SCRUBBED: &str = "***";
+/// Parts of a credential at least this long are scrubbed on their own (the key inside `Bearer
+/// KEY`); shorter ones would scrub ordinary words.
+const SCRUB_MIN_LEN: usize = 8;
+
+/// `text` with every credential (and every long enough word of one) replaced by `***`: a vendor
+/// may echo what it was sent, whatever the status or channel.
+pub fn scrub(text: &str, secrets: &[crate::config::Secret]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets {
+        let whole = secret.expose();
+        let parts = whole
+            .split_whitespace()
+            .filter(|p| p.len() >= SCRUB_MIN_LEN);
+        for s in std::iter::once(whole).chain(parts) {
+            if !s.is_empty() && out.contains(s) {
+                out = out.replace(s, SCRUBBED);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,28 +126,14 @@ mod tests {
         });
         assert_eq!(one_line(&e), "x.csv: cannot open: No such file");
     }
-}
 
-/// What a credential is replaced with wherever a vendor's text is quoted.
-pub const SCRUBBED: &str = "***";
-/// Parts of a credential at least this long are scrubbed on their own (the key inside `Bearer
-/// KEY`); shorter ones would scrub ordinary words.
-const SCRUB_MIN_LEN: usize = 8;
-
-/// `text` with every credential (and every long enough word of one) replaced by `***`: a vendor
-/// may echo what it was sent, whatever the status or channel.
-pub fn scrub(text: &str, secrets: &[crate::config::Secret]) -> String {
-    let mut out = text.to_string();
-    for secret in secrets {
-        let whole = secret.expose();
-        let parts = whole
-            .split_whitespace()
-            .filter(|p| p.len() >= SCRUB_MIN_LEN);
-        for s in std::iter::once(whole).chain(parts) {
-            if !s.is_empty() && out.contains(s) {
-                out = out.replace(s, SCRUBBED);
-            }
-        }
+    #[test]
+    fn credentials_are_scrubbed_whole_and_in_long_parts() {
+        let secrets = [crate::config::Secret::new("Bearer sekrit-key-123")];
+        assert_eq!(
+            scrub("key sekrit-key-123 is not entitled", &secrets),
+            "key *** is not entitled"
+        );
+        assert_eq!(scrub("no Bearer here", &secrets), "no Bearer here");
     }
-    out
 }

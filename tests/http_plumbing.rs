@@ -362,7 +362,7 @@ async fn the_key_goes_only_in_the_authorization_header() {
     }
     assert_eq!(
         e.to_string(),
-        "polygon: HTTP 401 Unauthorized: Unknown API Key REDACTED (check sources.polygon.api_key / POLYGON_API_KEY)"
+        "polygon: HTTP 401 Unauthorized: Unknown API Key *** (check sources.polygon.api_key / POLYGON_API_KEY)"
     );
     assert_eq!(e.blame(), Blame::Account);
 }
@@ -539,20 +539,32 @@ async fn polygon_errors_say_whom_they_are_about() {
         "polygon AAPL: HTTP 404 Not Found: Ticker not found."
     );
     assert_eq!(e.blame(), Blame::Request);
-    // The pager stays on its page after an error: the next call asks again.
+    // The pager stays on its page after an error: the next call asks again. An HTML page
+    // behind a 200 is asked again like a body that broke off: here the 403 comes next.
+    let e = pager.next().await.unwrap_err();
+    assert_eq!(e.blame(), Blame::Account);
+    assert!(e
+        .to_string()
+        .starts_with("polygon AAPL: HTTP 403 Forbidden: You are not entitled to this data."));
+    // One that persists fails the page, after every attempt, saying what came back.
+    let attempts = RetryPolicy::fast().max_attempts;
+    for _ in 0..attempts {
+        server.push(Reply::new(200, "<html>maintenance</html>"));
+    }
     let e = pager.next().await.unwrap_err();
     assert!(
         e.to_string()
             .starts_with("polygon AAPL: response is not aggregates JSON"),
         "{e}"
     );
-    let e = pager.next().await.unwrap_err();
-    assert_eq!(e.blame(), Blame::Account);
-    assert!(e
-        .to_string()
-        .starts_with("polygon AAPL: HTTP 403 Forbidden: You are not entitled to this data."));
+    assert!(
+        e.to_string()
+            .ends_with(&format!("(after {attempts} attempts)")),
+        "{e}"
+    );
+    assert_eq!(e.blame(), Blame::Unavailable);
     let seen = server.seen();
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 3 + attempts as usize);
     assert!(seen.iter().all(|s| s.target == seen[0].target));
     assert!(seen[0].target.contains("/range/1/day/"));
 }

@@ -481,7 +481,7 @@ async fn a_gap_fill_failing_on_server_errors_stays_pending_and_the_next_start_fi
     let msft = |rows: &BTreeMap<(String, i64), Row>| {
         rows.iter()
             .filter(|((s, _), _)| s == "MSFT")
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), *v))
             .collect::<Vec<_>>()
     };
     wait_until("MSFT whole", 60, async || {
