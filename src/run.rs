@@ -72,6 +72,7 @@ pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, R
         timeframe: polygon.timeframe,
         symbols: polygon.symbols.clone(),
         lookback: Duration::from_secs(cfg.service.gap_fill_lookback_secs),
+        pruned: Default::default(),
     };
     let summary = driver::drive(cfg, source, shutdown, false).await;
     deadline.abort();
@@ -85,6 +86,8 @@ struct PolygonLive {
     timeframe: Timeframe,
     symbols: Vec<Symbol>,
     lookback: Duration,
+    /// Old done gaps are forgotten once a run.
+    pruned: std::sync::atomic::AtomicBool,
 }
 
 /// Gap workers: each fetches one gap at a time, so a symbol whose gap keeps failing holds up
@@ -257,6 +260,14 @@ impl PolygonLive {
             match recorded.await {
                 Ok(n) => {
                     tracing::debug!(gaps = n, "stream gaps recorded");
+                    if !self.pruned.swap(true, Ordering::Relaxed) {
+                        if let Ok(client) = db::get(ctx.pool()).await {
+                            match queue::prune_gaps(&client).await {
+                                Ok(n) => tracing::debug!(gaps = n, "old done gaps forgotten"),
+                                Err(e) => tracing::warn!(error = %e, "cannot forget old gaps"),
+                            }
+                        }
+                    }
                     return true;
                 }
                 Err(e) => tracing::warn!(error = %e, retry_in = ?wait,

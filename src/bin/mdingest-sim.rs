@@ -64,7 +64,7 @@ struct Args {
     /// truncate, reset, slow:MS.
     #[arg(long = "fault", value_name = "FAULT")]
     faults: Vec<Fault>,
-    /// A standing answer for one ticker, repeatable: SYMBOL=404, SYMBOL=403 or SYMBOL=500.
+    /// A standing answer for one ticker, repeatable: SYMBOL=404, 403, 500, inconsistent, seconds, endless, echo-key, padded or oversized.
     #[arg(long = "symbol-fault", value_name = "SYMBOL=CODE", value_parser = parse_symbol_fault)]
     symbol_faults: Vec<(String, SymbolFault)>,
     /// Stream: port on --listen's address (0 picks a free one).
@@ -80,7 +80,7 @@ struct Args {
     ws_live_from: Option<DateTime<Utc>>,
     /// Stream: a fault for the next connection, repeatable, consumed in order: none,
     /// disconnect:N (drop after N frames), silence:N:MS (after N frames, neither send nor read
-    /// for MS), auth (auth_failed), maxconn (max_connections).
+    /// for MS), auth (auth_failed), maxconn (max_connections), strays (bars never subscribed, and from 1970).
     #[arg(long = "ws-fault", value_name = "FAULT")]
     ws_faults: Vec<WsFault>,
     /// Stream: bars whose minute number is a multiple of N are sent twice, a preliminary version
@@ -130,7 +130,7 @@ fn parse_to(s: &str) -> Result<DateTime<Utc>, String> {
 fn parse_symbol_fault(s: &str) -> Result<(String, SymbolFault), String> {
     let (symbol, code) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected SYMBOL=404, SYMBOL=403 or SYMBOL=500"))?;
+        .ok_or_else(|| format!("{s:?}: expected SYMBOL=404, 403, 500, inconsistent, seconds, endless, echo-key, padded or oversized"))?;
     Ok((symbol.to_string(), code.parse()?))
 }
 

@@ -259,6 +259,17 @@ pub async fn record_gaps(
         .await?)
 }
 
+/// Forgets the gaps done more than a week ago: every reconnect records one a feed.
+pub async fn prune_gaps(client: &Client) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "DELETE FROM data_ingestion.backfill_tasks
+             WHERE mode = 'stream' AND state = 'done' AND done_at < now() - interval '7 days'",
+            &[],
+        )
+        .await?)
+}
+
 /// Longest wait between two attempts at one gap.
 pub const GAP_RETRY_MAX_SECS: i32 = 300;
 
