@@ -95,6 +95,34 @@ async fn wait_until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) 
     }
 }
 
+/// Waits until at least as many polygon bars as `want` holds are stored.
+async fn wait_for_bars(db: &TestDb, want: &BTreeMap<(String, i64), Row>, secs: u64) {
+    wait_until("every bar stored", secs, async || {
+        stored_bars(db).await.len() >= want.len()
+    })
+    .await;
+}
+
+/// Waits until the count `sql` answers is `n`.
+async fn wait_for_count(db: &TestDb, sql: &str, n: i64, secs: u64) {
+    wait_until(sql, secs, async || db.count(sql).await == n).await;
+}
+
+/// Stops the daemon, which must exit 0 with exactly `want` stored.
+async fn stop_with_every_bar(
+    child: std::process::Child,
+    db: &TestDb,
+    want: &BTreeMap<(String, i64), Row>,
+) -> Measured {
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        stored_bars(db).await == *want,
+        "stored rows differ from the series"
+    );
+    out
+}
+
 async fn stop(child: std::process::Child) -> Measured {
     signal(&child, libc::SIGTERM);
     tokio::task::spawn_blocking(move || wait_measured(child))
@@ -122,16 +150,8 @@ async fn through_a_disconnect_every_bar_lands_once_with_its_final_values() {
     let cfg = config(&db, dir.path(), &sim);
     let child = spawn_mdingest(&run_args(&cfg));
     let want = expected(from, to);
-    wait_until("every bar stored", 60, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        stored_bars(&db).await == want,
-        "stored rows differ from the series"
-    );
+    wait_for_bars(&db, &want, 60).await;
+    let out = stop_with_every_bar(child, &db, &want).await;
     assert!(sim.ws_connections().len() >= 2, "no reconnect happened");
     // Every bar received was committed before the exit (a re-broadcast and its preliminary
     // version in one batch are one row, so received counts more than were written).
@@ -161,12 +181,7 @@ async fn a_refused_login_shows_in_ingestion_status_and_is_backed_off() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&db, dir.path(), &sim);
     let child = spawn_mdingest(&run_args(&cfg));
-    wait_until("the error recorded", 20, async || {
-        db.count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'error' AND last_error LIKE '%auth_failed%'")
-            .await
-            == 2
-    })
-    .await;
+    wait_for_count(&db, "SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'error' AND last_error LIKE '%auth_failed%'", 2, 20).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let attempts = sim.ws_connections();
     let out = stop(child).await;
@@ -206,10 +221,7 @@ async fn the_daemon_starts_while_the_database_is_down_and_catches_up() {
         .unwrap();
     mdingest::db::migrate::migrate(&db.url).await.unwrap();
     let want = expected(from, to);
-    wait_until("every bar stored", 90, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
+    wait_for_bars(&db, &want, 90).await;
     let out = stop(child).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(stored_bars(&db).await == want);
@@ -271,16 +283,8 @@ async fn a_frozen_database_holds_bars_back_and_the_next_start_gap_fills_them() {
     // The next start gap-fills from the last committed bar: nothing is lost for good.
     let child = spawn_mdingest(&run_args(&cfg));
     let want = expected(from, to);
-    wait_until("every bar stored", 60, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        stored_bars(&db).await == want,
-        "stored rows differ from the series"
-    );
+    wait_for_bars(&db, &want, 60).await;
+    stop_with_every_bar(child, &db, &want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,16 +314,8 @@ async fn a_database_cut_while_bars_stream_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore().await;
     let want = expected(from, to);
-    wait_until("every bar stored", 60, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        stored_bars(&db).await == want,
-        "stored rows differ from the series"
-    );
+    wait_for_bars(&db, &want, 60).await;
+    stop_with_every_bar(child, &db, &want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,16 +357,8 @@ async fn a_silent_stream_is_replaced_by_the_watchdog_and_nothing_is_missed() {
         "replaced after {silent_for:?}"
     );
     let want = expected(from, to);
-    wait_until("every bar stored", 60, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        stored_bars(&db).await == want,
-        "stored rows differ from the series"
-    );
+    wait_for_bars(&db, &want, 60).await;
+    stop_with_every_bar(child, &db, &want).await;
 }
 
 /// The stream rows' states, `SYMBOL state`, sorted.
@@ -445,20 +433,10 @@ async fn a_daemon_killed_while_a_gap_fill_waits_fills_the_gap_on_its_next_start(
     );
     // The next start takes the pending gap up: every bar, once, with its final values.
     let child = spawn_mdingest(&run_args(&cfg));
-    wait_until("every bar stored", 90, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
+    wait_for_bars(&db, &want, 90).await;
     // Each gap is done once its bars are committed.
-    wait_until("no gap pending", 60, async || {
-        db.count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE mode = 'stream' AND state = 'pending'")
-            .await
-            == 0
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(stored_bars(&db).await == want, "stored rows differ");
+    wait_for_count(&db, "SELECT count(*) FROM data_ingestion.backfill_tasks WHERE mode = 'stream' AND state = 'pending'", 0, 60).await;
+    stop_with_every_bar(child, &db, &want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,13 +474,8 @@ async fn a_gap_fill_failing_on_server_errors_stays_pending_and_the_next_start_fi
     );
     sim.set_symbol_fault("AAPL", None);
     let child = spawn_mdingest(&run_args(&cfg));
-    wait_until("every bar stored", 90, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(stored_bars(&db).await == want, "stored rows differ");
+    wait_for_bars(&db, &want, 90).await;
+    stop_with_every_bar(child, &db, &want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,19 +497,9 @@ async fn an_unknown_symbol_among_three_holds_up_no_other_gap_fill() {
     .unwrap();
     let child = spawn_mdingest(&run_args(&cfg));
     let want = expected(from, to);
-    wait_until("every bar of AAPL and MSFT stored", 90, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
-    wait_until("NOPE's failure shown", 30, async || {
-        db.count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE symbol = 'NOPE' AND state = 'error' AND last_error LIKE '%404%'")
-            .await
-            == 1
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(stored_bars(&db).await == want, "stored rows differ");
+    wait_for_bars(&db, &want, 90).await;
+    wait_for_count(&db, "SELECT count(*) FROM data_ingestion.ingestion_status WHERE symbol = 'NOPE' AND state = 'error' AND last_error LIKE '%404%'", 1, 30).await;
+    stop_with_every_bar(child, &db, &want).await;
     // NOPE's gaps stay pending for the next start; no feed is left running.
     assert!(
         db.count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE symbol = 'NOPE' AND state = 'pending'")
@@ -568,19 +531,9 @@ async fn bars_not_subscribed_or_from_1970_are_quality_records_not_rows() {
     let cfg = config(&db, dir.path(), &sim);
     let child = spawn_mdingest(&run_args(&cfg));
     let want = expected(from, to);
-    wait_until("every bar stored", 60, async || {
-        stored_bars(&db).await.len() >= want.len()
-    })
-    .await;
-    wait_until("the strays recorded", 30, async || {
-        db.count("SELECT count(*) FROM data_ingestion.data_quality_logs WHERE check_name IN ('unsubscribed_symbol', 'stale_stream_bar')")
-            .await
-            == 6
-    })
-    .await;
-    let out = stop(child).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(stored_bars(&db).await == want, "a stray was stored");
+    wait_for_bars(&db, &want, 60).await;
+    wait_for_count(&db, "SELECT count(*) FROM data_ingestion.data_quality_logs WHERE check_name IN ('unsubscribed_symbol', 'stale_stream_bar')", 6, 30).await;
+    stop_with_every_bar(child, &db, &want).await;
     let checks: Vec<String> = db
         .column(
             "SELECT check_name || ' ' || symbol FROM data_ingestion.data_quality_logs ORDER BY 1",
