@@ -256,6 +256,10 @@ pub struct ServiceConfig {
     pub name: String,
     pub shutdown_timeout_secs: u64,
     pub gap_fill_lookback_secs: u64,
+    /// A streamed bar older than this before its connection began is a quality record, not a
+    /// row (streams carry current bars; history comes through REST). Raised only to replay
+    /// history through a simulator (the stream benchmark).
+    pub stream_max_bar_age_secs: u64,
 }
 
 impl Default for ServiceConfig {
@@ -264,6 +268,7 @@ impl Default for ServiceConfig {
             name: "data_ingestion".into(),
             shutdown_timeout_secs: 20,
             gap_fill_lookback_secs: 86_400,
+            stream_max_bar_age_secs: 86_400,
         }
     }
 }
@@ -651,6 +656,11 @@ impl Config {
         within(
             "service.gap_fill_lookback_secs",
             self.service.gap_fill_lookback_secs,
+            10 * 366 * 86_400,
+        )?;
+        within(
+            "service.stream_max_bar_age_secs",
+            self.service.stream_max_bar_age_secs,
             10 * 366 * 86_400,
         )?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

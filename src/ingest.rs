@@ -92,6 +92,27 @@ impl Rejection {
         }
     }
 
+    /// The same rejection with `scrub` applied to every text it quotes (a vendor may echo a
+    /// credential in a row or a frame).
+    pub fn scrubbed(mut self, scrub: impl Fn(&str) -> String) -> Rejection {
+        fn walk(v: &mut serde_json::Value, scrub: &dyn Fn(&str) -> String) {
+            match v {
+                serde_json::Value::String(s) => {
+                    let clean = scrub(s);
+                    if clean != *s {
+                        *s = clean;
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, scrub)),
+                serde_json::Value::Object(m) => m.values_mut().for_each(|x| walk(x, scrub)),
+                _ => {}
+            }
+        }
+        walk(&mut self.details, &scrub);
+        self.symbol = self.symbol.map(|s| scrub(&s));
+        self
+    }
+
     pub fn of_bar(bar: &Bar, check: &'static str, reason: String) -> Rejection {
         Rejection::rejected(
             bar.source,
@@ -232,4 +253,26 @@ pub struct BatchReport {
     pub feeds: Vec<FeedProgress>,
     /// `console_line`s of the batch's first rejections (at most `NOTED_REJECTIONS`).
     pub noted: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_is_scrubbed_everywhere_it_quotes() {
+        let r = Rejection::rejected(
+            DataSource::Polygon,
+            Some("KEY123".into()),
+            None,
+            "malformed_row",
+            json!({"reason": "bad KEY123", "raw": ["x", {"k": "KEY123!"}], "n": 1}),
+        )
+        .scrubbed(|t| t.replace("KEY123", "***"));
+        assert_eq!(r.symbol.as_deref(), Some("***"));
+        assert_eq!(
+            r.details,
+            json!({"reason": "bad ***", "raw": ["x", {"k": "***!"}], "n": 1})
+        );
+    }
 }

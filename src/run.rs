@@ -73,6 +73,9 @@ pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, R
         symbols: polygon.symbols.clone(),
         lookback: Duration::from_secs(cfg.service.gap_fill_lookback_secs),
         pruned: Default::default(),
+        max_age: chrono::Duration::seconds(
+            i64::try_from(cfg.service.stream_max_bar_age_secs).unwrap_or(i64::MAX / 1000),
+        ),
     };
     let summary = driver::drive(cfg, source, shutdown, false).await;
     deadline.abort();
@@ -88,6 +91,8 @@ struct PolygonLive {
     lookback: Duration,
     /// Old done gaps are forgotten once a run.
     pruned: std::sync::atomic::AtomicBool,
+    /// `service.stream_max_bar_age_secs`.
+    max_age: chrono::Duration,
 }
 
 /// Gap workers: each fetches one gap at a time, so a symbol whose gap keeps failing holds up
@@ -95,9 +100,6 @@ struct PolygonLive {
 const GAP_WORKERS: usize = 4;
 /// A gap worker with nothing to do looks for gaps whose backoff has passed this often.
 const GAP_POLL: Duration = Duration::from_secs(2);
-/// A streamed bar older than this before its connection began is history, which comes
-/// through REST: a stream sending it is confused or lying.
-const STREAM_MAX_AGE: chrono::Duration = chrono::Duration::days(1);
 
 impl Source for PolygonLive {
     fn name(&self) -> &'static str {
@@ -177,7 +179,9 @@ impl Source for PolygonLive {
                     self.mark_running(&ctx).await;
                 }
                 SessionEvent::Data(events) => {
-                    let since = connection.unwrap_or_else(Utc::now) - STREAM_MAX_AGE;
+                    // Older bars are history, which comes through REST: a stream sending them
+                    // is confused or lying.
+                    let since = connection.unwrap_or_else(Utc::now) - self.max_age;
                     if send_frame(&ctx, events, &subscribed, since).await.is_err() {
                         break;
                     }

@@ -62,7 +62,9 @@ fn config_with(db: &TestDb, dir: &Path, sim: &Simulator, shutdown_timeout: u64) 
     db.config_file(
         dir,
         &format!(
+            // The stretch replayed is the latest session's, days old on a Monday morning.
             "[service]\ngap_fill_lookback_secs = 60\nshutdown_timeout_secs = {shutdown_timeout}\n\
+             stream_max_bar_age_secs = 864000\n\
              [sources.polygon]\napi_key = \"{KEY}\"\nrest_url = \"{}\"\nws_url = \"{}\"\n\
              symbols = [\"AAPL\", \"MSFT\"]\ntimeframe = \"1m\"\nrequests_per_minute = 6000\n\
              stale_after_secs = 5\n",

@@ -803,6 +803,9 @@ def bench_stream(args):
                MDINGEST__SOURCES__POLYGON__REQUESTS_PER_MINUTE="100000",
                MDINGEST__SOURCES__POLYGON__STREAM="true",
                MDINGEST__SERVICE__GAP_FILL_LOOKBACK_SECS="60",
+               # The replay is history (two weeks back): the daemon's one-day rule for streamed
+               # bars would refuse it all.
+               MDINGEST__SERVICE__STREAM_MAX_BAR_AGE_SECS=str(30 * 86400),
                RUST_LOG="info,mdingest::lag=debug")
     err_path = os.path.join(OUT, "run-stream.log")
     print(f"stream: {len(symbols)} symbols at {per_symbol:g} bars/s each "

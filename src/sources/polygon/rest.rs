@@ -315,6 +315,14 @@ impl Pager {
             symbol: symbol.clone(),
             source: source.scrubbed(|t| self.rest.http.scrub(t)),
         })?;
+        // A rejected result quotes the vendor's text, which may echo the key.
+        if !page.rejections.is_empty() {
+            let http = &self.rest.http;
+            page.rejections = std::mem::take(&mut page.rejections)
+                .into_iter()
+                .map(|r| r.scrubbed(|t| http.scrub(t)))
+                .collect();
+        }
         self.requested.insert(url.into());
         self.pages += 1;
         self.received += (page.bars.len() + page.rejections.len()) as u64;

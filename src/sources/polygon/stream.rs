@@ -189,6 +189,10 @@ impl Protocol for PolygonStream {
             .into_iter()
             .map(|e| match e {
                 PolygonEvent::Status(s) => Inbound::Status(self.classify(s)),
+                // A rejected event quotes the frame, which may echo the key.
+                PolygonEvent::Rejected(r) => {
+                    Inbound::Data(PolygonEvent::Rejected(r.scrubbed(|t| scrub(t, &self.key))))
+                }
                 other => Inbound::Data(other),
             })
             .collect()
