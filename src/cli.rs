@@ -150,6 +150,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
+    if matches!(
+        command,
+        Command::CheckConfig | Command::Run | Command::Backfill { .. }
+    ) {
+        cfg.check_credentials()?;
+    }
     match command {
         Command::CheckConfig => {
             out(&cfg.to_redacted_toml());

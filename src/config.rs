@@ -623,6 +623,44 @@ impl Config {
         }
     }
 
+    /// Every enabled source has its credentials. Checked by the commands that talk to vendors
+    /// (`run`, `backfill`, `check-config`), not by `migrate`, `status` or `import`, which need
+    /// none: a machine that only migrates has no business holding a vendor's key.
+    pub fn check_credentials(&self) -> Result<(), ConfigError> {
+        let missing = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        if let Some(p) = self.sources.polygon.as_ref().filter(|p| p.enabled) {
+            if !p.api_key.is_set() {
+                return missing(
+                    "sources.polygon.api_key",
+                    "polygon is enabled but has no API key (set it, or POLYGON_API_KEY, or enabled = false)".into(),
+                );
+            }
+        }
+        if let Some(a) = self.sources.alpaca.as_ref().filter(|a| a.enabled) {
+            for (key, secret, var) in [
+                ("sources.alpaca.key_id", &a.key_id, "APCA_API_KEY_ID"),
+                (
+                    "sources.alpaca.secret_key",
+                    &a.secret_key,
+                    "APCA_API_SECRET_KEY",
+                ),
+            ] {
+                if !secret.is_set() {
+                    return missing(
+                        key,
+                        format!("alpaca is enabled but this credential is empty (set it, or {var}, or enabled = false)"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The resolved configuration as TOML, every secret redacted (`check-config`).
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -732,12 +770,6 @@ impl Config {
                 86_400,
             )?;
             if p.enabled {
-                if !p.api_key.is_set() {
-                    return bad(
-                        "sources.polygon.api_key",
-                        "polygon is enabled but has no API key (set it, or POLYGON_API_KEY, or enabled = false)".into(),
-                    );
-                }
                 check_symbols("sources.polygon.symbols", &p.symbols)?;
             }
         }
@@ -761,21 +793,6 @@ impl Config {
                 86_400,
             )?;
             if a.enabled {
-                for (key, secret, var) in [
-                    ("sources.alpaca.key_id", &a.key_id, "APCA_API_KEY_ID"),
-                    (
-                        "sources.alpaca.secret_key",
-                        &a.secret_key,
-                        "APCA_API_SECRET_KEY",
-                    ),
-                ] {
-                    if !secret.is_set() {
-                        return bad(
-                            key,
-                            format!("alpaca is enabled but this credential is empty (set it, or {var}, or enabled = false)"),
-                        );
-                    }
-                }
                 check_symbols("sources.alpaca.symbols", &a.symbols)?;
             }
         }

@@ -200,3 +200,37 @@ fn binary_reports_an_unreachable_database_in_one_line_within_10s() {
         assert!(!err.contains("hunter2") && !err.contains("panick"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_status_need_no_vendor_credentials_and_vendor_commands_do() {
+    let db = TestDb::empty("no_keys").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "[sources.polygon]\nenabled = true\n");
+    let cfg = cfg.to_str().unwrap();
+    let no_key = [("POLYGON_API_KEY", "")];
+    for command in ["migrate", "status"] {
+        let out = mdingest(&["--config", cfg, command], &no_key);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+    }
+    let backfill = [
+        "backfill",
+        "--source",
+        "polygon",
+        "--symbols",
+        "AAPL",
+        "--from",
+        "2024-01-02",
+        "--to",
+        "2024-01-02",
+    ];
+    for command in [&["check-config"][..], &["run"], &backfill] {
+        let args: Vec<&str> = ["--config", cfg].iter().chain(command).copied().collect();
+        let out = mdingest(&args, &no_key);
+        assert_eq!(out.status.code(), Some(1), "{command:?}");
+        assert!(
+            stderr(&out).contains("sources.polygon.api_key"),
+            "{command:?}: {}",
+            stderr(&out)
+        );
+    }
+}
