@@ -196,6 +196,9 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             let shutdown = listening()?;
             match crate::run::run(&cfg, &shutdown).await? {
                 Some(summary) => {
+                    for w in &summary.warnings {
+                        warn_line(w);
+                    }
                     out(&summary.to_string());
                     for f in &summary.failed {
                         error_line(f);
@@ -244,6 +247,9 @@ fn listening() -> anyhow::Result<Shutdown> {
 
 /// Prints the summary and the lines that explain a non-zero exit; returns the exit code.
 fn finish(summary: &Summary) -> ExitCode {
+    for w in &summary.warnings {
+        warn_line(w);
+    }
     out(&summary.to_string());
     for f in &summary.failed {
         error_line(f);

@@ -179,6 +179,8 @@ pub struct Summary {
     pub counts: WriteCounts,
     pub seconds: f64,
     pub failed: Vec<String>,
+    /// Warning lines for the console (the rejected rows, named), printed before the summary.
+    pub warnings: Vec<String>,
     /// The signal that stopped the run early.
     pub interrupted: Option<Signal>,
     /// Bars read but given up on (a second signal while the database did not answer).
@@ -271,7 +273,7 @@ pub async fn drive<S: Source>(
     let finished =
         waiting_noted(pipeline.finish(), || "committing what was read".to_string()).await;
     let (counts, noted) = collector.await.unwrap_or_default();
-    print_noted(&noted, counts.rejected);
+    summary.warnings = noted_warnings(noted, counts.rejected);
     summary.lines = end.lines;
     summary.failed = end.failed;
     summary.read = read.load(Ordering::Relaxed);
@@ -342,16 +344,14 @@ async fn collect(
 }
 
 /// One warning per rejected row, up to `NOTED_REJECTIONS`, then how many more there are.
-fn print_noted(noted: &[String], rejected: u64) {
-    for line in noted {
-        crate::cli::warn_line(line);
-    }
+fn noted_warnings(mut noted: Vec<String>, rejected: u64) -> Vec<String> {
     let more = rejected.saturating_sub(noted.len() as u64);
     if more > 0 {
-        crate::cli::warn_line(&format!(
+        noted.push(format!(
             "{more} more rejected rows are in data_ingestion.data_quality_logs"
         ));
     }
+    noted
 }
 
 /// How a run ended, for its feeds.
