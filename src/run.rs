@@ -72,7 +72,6 @@ pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, R
         timeframe: polygon.timeframe,
         symbols: polygon.symbols.clone(),
         lookback: Duration::from_secs(cfg.service.gap_fill_lookback_secs),
-        pruned: Default::default(),
         max_age: chrono::Duration::seconds(
             i64::try_from(cfg.service.stream_max_bar_age_secs).unwrap_or(i64::MAX / 1000),
         ),
@@ -89,8 +88,6 @@ struct PolygonLive {
     timeframe: Timeframe,
     symbols: Vec<Symbol>,
     lookback: Duration,
-    /// Old done gaps are forgotten once a run.
-    pruned: std::sync::atomic::AtomicBool,
     /// `service.stream_max_bar_age_secs`.
     max_age: chrono::Duration,
 }
@@ -124,6 +121,14 @@ impl Source for PolygonLive {
             ctx.feeds().touched(s);
         }
         self.mark_running(&ctx).await;
+        // Every reconnect records a gap a feed: the done ones are forgotten after a week.
+        match db::get(ctx.pool()).await {
+            Ok(client) => match queue::prune_gaps(&client).await {
+                Ok(n) => tracing::debug!(gaps = n, "old done gaps forgotten"),
+                Err(e) => tracing::warn!(error = %e, "cannot forget old gaps"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot forget old gaps"),
+        }
         let session = match Session::new(self.stream.clone(), self.stream.session_config()) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -222,20 +227,36 @@ impl PolygonLive {
     /// Every configured symbol's `stream` row, created if missing, `running`: at start (so an
     /// error shows before the first bar) and after every subscription (clearing an `error`).
     async fn mark_running(&self, ctx: &SourceContext) {
-        let marked = set_feeds(ctx, &self.symbols, self.timeframe, FeedState::Running, None);
+        let marked = async {
+            let client = db::get(ctx.pool()).await?;
+            db::status::ensure_feeds(
+                &client,
+                DataSource::Polygon,
+                Mode::Stream,
+                self.timeframe,
+                &self.symbols,
+                FeedState::Running,
+            )
+            .await
+        };
         if let Err(e) = marked.await {
             tracing::warn!(error = %e, "cannot mark the stream feeds running");
         }
     }
 
     async fn record_error(&self, ctx: &SourceContext, text: &str) {
-        let recorded = set_feeds(
-            ctx,
-            &self.symbols,
-            self.timeframe,
-            FeedState::Error,
-            Some(text),
-        );
+        let recorded = async {
+            let client = db::get(ctx.pool()).await?;
+            db::status::upsert_error(
+                &client,
+                DataSource::Polygon,
+                Mode::Stream,
+                self.timeframe,
+                &self.symbols,
+                text,
+            )
+            .await
+        };
         if let Err(e) = recorded.await {
             tracing::warn!(error = %e, "cannot record the stream's error");
         }
@@ -264,14 +285,6 @@ impl PolygonLive {
             match recorded.await {
                 Ok(n) => {
                     tracing::debug!(gaps = n, "stream gaps recorded");
-                    if !self.pruned.swap(true, Ordering::Relaxed) {
-                        if let Ok(client) = db::get(ctx.pool()).await {
-                            match queue::prune_gaps(&client).await {
-                                Ok(n) => tracing::debug!(gaps = n, "old done gaps forgotten"),
-                                Err(e) => tracing::warn!(error = %e, "cannot forget old gaps"),
-                            }
-                        }
-                    }
                     return true;
                 }
                 Err(e) => tracing::warn!(error = %e, retry_in = ?wait,
@@ -433,39 +446,6 @@ fn split(
         }
     }
     (bars, rejections)
-}
-
-/// The stream rows of every configured symbol: created if missing, set to `state` (and
-/// `last_error`, when given).
-async fn set_feeds(
-    ctx: &SourceContext,
-    symbols: &[Symbol],
-    timeframe: Timeframe,
-    state: FeedState,
-    error: Option<&str>,
-) -> Result<(), DbError> {
-    let client = db::get(ctx.pool()).await?;
-    db::status::ensure_feeds(
-        &client,
-        DataSource::Polygon,
-        Mode::Stream,
-        timeframe,
-        symbols,
-        state,
-    )
-    .await?;
-    if let Some(e) = error {
-        db::status::record_error(
-            &client,
-            DataSource::Polygon,
-            Mode::Stream,
-            symbols,
-            state,
-            e,
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// The streaming source to run: `sources.polygon`, enabled, with `stream = true`.

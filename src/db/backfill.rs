@@ -315,23 +315,6 @@ pub async fn claim_gap(
         .transpose()
 }
 
-/// The pending gaps of these feeds (for tests and `status`).
-pub async fn pending_gaps(
-    client: &Client,
-    source: DataSource,
-    symbols: &[Symbol],
-) -> Result<i64, DbError> {
-    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
-    Ok(client
-        .query_one(
-            "SELECT count(*) FROM data_ingestion.backfill_tasks
-             WHERE data_source = $1 AND symbol = ANY($2) AND mode = 'stream' AND state = 'pending'",
-            &[&source.as_str(), &symbols],
-        )
-        .await?
-        .get(0))
-}
-
 /// Extends the lease; false if it was lost (another worker took the task over).
 pub async fn renew(client: &Client, task: &Task) -> Result<bool, DbError> {
     let lease = format!("{} seconds", LEASE.num_seconds());

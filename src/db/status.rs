@@ -194,36 +194,9 @@ pub async fn last_bars(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Records a feed-wide problem (a refused login, a connection limit) on these feeds' rows:
-/// `state` and `last_error`, now.
-pub async fn record_error(
-    client: &Client,
-    source: DataSource,
-    mode: Mode,
-    symbols: &[Symbol],
-    state: FeedState,
-    error: &str,
-) -> Result<u64, DbError> {
-    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
-    let n = client
-        .execute(
-            "UPDATE data_ingestion.ingestion_status
-             SET state = $4, last_error = $5, last_error_at = now(), updated_at = now()
-             WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3)",
-            &[
-                &source.as_str(),
-                &mode.as_str(),
-                &symbols,
-                &state.as_str(),
-                &error,
-            ],
-        )
-        .await?;
-    Ok(n)
-}
-
-/// Records a failure on these feeds' rows, creating any that is missing (a feed that failed
-/// before its first bar must show it too): state `error`, `last_error`, now.
+/// Records a failure (a refused login, a gap-fill or a window that failed) on these feeds' rows,
+/// creating any that is missing (a feed that failed before its first bar must show it too):
+/// state `error`, `last_error`, now.
 pub async fn upsert_error(
     client: &Client,
     source: DataSource,

@@ -368,18 +368,17 @@ impl HttpSource {
     /// Cancellation-safe: dropping the future abandons the request (and any wait) and leaves the
     /// source usable.
     pub async fn get(&self, url: &Url, what: &str) -> Result<Vec<u8>, HttpError> {
-        self.get_decoded(url, what, |body| Body::Ok(body.to_vec()))
-            .await
+        self.get_decoded(url, what, Body::Ok).await
     }
 
     /// As [`get`](Self::get), then `decode`s the body. A body `decode` cannot read at all (an
     /// HTML page or cut JSON behind a 200) is retried like a body that broke off, before it
-    /// fails. The raw body is dropped once decoded.
+    /// fails. `decode` owns the body: it is gone before the big-body turn is given back.
     pub async fn get_decoded<T>(
         &self,
         url: &Url,
         what: &str,
-        decode: impl Fn(&[u8]) -> Body<T>,
+        decode: impl Fn(Vec<u8>) -> Body<T>,
     ) -> Result<T, HttpError> {
         let mut backoff = self.retry.backoff();
         let mut attempts = 0u32;
@@ -387,9 +386,7 @@ impl HttpSource {
             attempts += 1;
             self.limiter.until_ready().await;
             let decoded = self.attempt(url).await.map(|(body, turn)| {
-                let decoded = decode(&body);
-                // The raw body goes before its turn does.
-                drop(body);
+                let decoded = decode(body);
                 drop(turn);
                 decoded
             });

@@ -304,7 +304,7 @@ impl Pager {
             .rest
             .http
             .get_decoded(&url, symbol.as_str(), |body| {
-                match decode_aggs(body, symbol) {
+                match decode_aggs(&body, symbol) {
                     Err(e) if e.is_unreadable() => Body::Unreadable(e.to_string()),
                     other => Body::Ok(other),
                 }
