@@ -1,7 +1,7 @@
-//! `mdingest backfill --source polygon --symbols A,B --from D --to D [--timeframe T] [--force]`:
-//! plans the range as tasks on a fixed grid of windows in `data_ingestion.backfill_tasks`, then
-//! workers claim them (`db::backfill`), fetch each window from the vendor's REST API and hand the
-//! bars to the shared driver. A task is done once its bars are committed, so a backfill killed
+//! `mdingest backfill --source S --symbols A,B --from D --to D [--timeframe T] [--force]`:
+//! plans the range as tasks on a fixed grid of windows (sized by the vendor's [`History`]) in
+//! `data_ingestion.backfill_tasks`, then workers claim them (`db::backfill`), fetch each window
+//! through the vendor's history and hand the bars to the shared driver. A task is done once its bars are committed, so a backfill killed
 //! (even with `kill -9`) and run again fetches only what is left, and several processes share
 //! one range without fetching a window twice.
 
@@ -15,37 +15,26 @@ use futures_util::future::join_all;
 use crate::config::Config;
 use crate::db::backfill::{self as queue, Range, Task};
 use crate::db::{self, DbError};
-use crate::domain::{DataSource, Mode, Symbol, Timeframe};
-use crate::ingest::Chunk;
+use crate::domain::{DataSource, Symbol, Timeframe};
+use crate::ingest::{Chunk, Feed};
 use crate::progress::{Progress, Unit};
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
-use crate::sources::http::Blame;
-use crate::sources::polygon::{PolygonError, PolygonRest};
+use crate::sources::{window_text, Blame, FetchError, History, SourceError};
 
 /// The grid's origin, a Sunday 00:00 UTC; windows start every `window_len` from it.
 const GRID_ORIGIN_SECS: i64 = 3 * 86_400; // 1970-01-04
 /// Workers fetching at once; the vendor's rate limit paces them all together.
 const WORKERS: usize = 4;
 
-/// A window holds at most this many base aggregates (Polygon's `limit` counts minutes for every
-/// intraday timeframe, at most 50,000), so one page can hold a whole window even if a vendor
-/// stopped sending `next_url`: 30 days are 43,200 minutes. Daily bars: 52 weeks.
-pub fn window_len(timeframe: Timeframe) -> Duration {
-    match timeframe {
-        Timeframe::D1 => Duration::weeks(52),
-        _ => Duration::days(30),
-    }
-}
-
-/// The grid's windows that overlap `[from, to)`, none starting after `now`.
+/// The grid's windows of `window_len` that overlap `[from, to)`, none starting after `now`.
 pub fn windows(
-    timeframe: Timeframe,
+    window_len: Duration,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
-    let len = window_len(timeframe).num_seconds();
+    let len = window_len.num_seconds().max(60);
     let origin = GRID_ORIGIN_SECS;
     let first = (from.timestamp() - origin).div_euclid(len);
     let mut out = Vec::new();
@@ -134,7 +123,7 @@ pub enum BackfillError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Polygon(#[from] PolygonError),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Drive(#[from] DriveError),
 }
@@ -146,30 +135,17 @@ pub async fn backfill(
     show_progress: bool,
 ) -> Result<Summary, BackfillError> {
     let usage = |m: String| BackfillError::Usage(m);
-    if opts.source != DataSource::Polygon {
-        return Err(usage(format!(
-            "backfill from {} is not built yet (only polygon)",
-            opts.source
-        )));
-    }
-    let polygon = cfg
-        .sources
-        .polygon
-        .as_ref()
-        .filter(|p| p.enabled)
-        .ok_or_else(|| {
-            usage("sources.polygon is not configured or not enabled: backfill needs its api_key and rest_url".into())
-        })?;
+    let vendor = crate::sources::serving(cfg, opts.source)?;
     if let Some(tf) = opts.timeframe {
-        if tf != polygon.timeframe {
+        if tf != vendor.timeframe {
             return Err(usage(format!(
-                "--timeframe {tf} differs from sources.polygon.timeframe {}: market_data holds one timeframe per source",
-                polygon.timeframe
+                "--timeframe {tf} differs from sources.{}.timeframe {}: market_data holds one timeframe per source",
+                vendor.name, vendor.timeframe
             )));
         }
     }
     let symbols = if opts.symbols.is_empty() {
-        polygon.symbols.clone()
+        vendor.symbols.clone()
     } else {
         opts.symbols.clone()
     };
@@ -187,11 +163,10 @@ pub async fn backfill(
             "--from is before 1970: no vendor has minute or daily bars that old".into(),
         ));
     }
-    let timeframe = polygon.timeframe;
-    let grid = windows(timeframe, from, to, Utc::now());
-    let rest = PolygonRest::new(polygon)?;
+    let timeframe = vendor.timeframe;
+    let grid = windows(vendor.history.window_len(timeframe), from, to, Utc::now());
     let range = Range {
-        source: DataSource::Polygon,
+        source: vendor.source,
         timeframe,
         symbols,
         first: grid.first().map_or(from, |w| w.0),
@@ -200,16 +175,16 @@ pub async fn backfill(
         since: from,
     };
     let source = RestBackfill {
-        rest,
+        history: vendor.history,
         range,
         grid,
         force: opts.force,
     };
-    Ok(driver::drive(cfg, source, shutdown, show_progress).await?)
+    Ok(driver::drive(cfg, vec![source], shutdown, show_progress).await?)
 }
 
 struct RestBackfill {
-    rest: PolygonRest,
+    history: Arc<dyn History>,
     range: Range,
     grid: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     force: bool,
@@ -218,7 +193,7 @@ struct RestBackfill {
 /// What the workers share.
 struct Shared {
     ctx: SourceContext,
-    rest: PolygonRest,
+    history: Arc<dyn History>,
     range: Range,
     /// Symbols that failed this run, with why: their other windows are not claimed.
     failed: Mutex<HashMap<Symbol, String>>,
@@ -234,10 +209,6 @@ struct Shared {
 impl Source for RestBackfill {
     fn name(&self) -> &'static str {
         "backfill"
-    }
-
-    fn data_source(&self) -> DataSource {
-        self.range.source
     }
 
     fn read_label(&self) -> &'static str {
@@ -276,7 +247,7 @@ impl Source for RestBackfill {
                 ctx.show_progress(),
             )),
             ctx,
-            rest: self.rest,
+            history: self.history,
             range,
             failed: Mutex::default(),
             window_failures: Mutex::default(),
@@ -380,24 +351,15 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
             Err(e) => {
                 let text = e.to_string();
                 queue::release(&client, &task, Some(&text)).await?;
-                shared.ctx.feeds().failed(&task.symbol, &text);
                 // Shown at once, also for a symbol that failed before its first bar.
-                db::status::upsert_error(
-                    &client,
-                    task.source,
-                    Mode::Backfill,
-                    task.timeframe,
-                    std::slice::from_ref(&task.symbol),
-                    &text,
-                )
-                .await?;
-                match e.blame() {
+                let _ = shared.ctx.failed(&feed_of(&task), &text).await;
+                match e.blame {
                     Blame::Account => {
                         lock(&shared.fatal).get_or_insert(text);
                         return Ok(());
                     }
                     // An unknown ticker: none of its windows will load.
-                    _ if e.status().map(|s| s.as_u16()) == Some(404) => {
+                    _ if e.unknown_symbol => {
                         lock(&shared.failed).insert(task.symbol.clone(), text);
                     }
                     // This window failed (it is retried by the next run); the symbol's other
@@ -441,8 +403,18 @@ pub async fn with_lease<T>(
 }
 
 /// Fetches one window and waits until its bars are committed.
-async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, PolygonError> {
-    fetch_task(&shared.ctx, &shared.rest, task, &shared.fetched).await
+async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, FetchError> {
+    fetch_task(&shared.ctx, &*shared.history, task, &shared.fetched).await
+}
+
+/// The feed a task fills.
+pub fn feed_of(task: &Task) -> Feed {
+    Feed {
+        source: task.source,
+        symbol: task.symbol.clone(),
+        mode: task.mode,
+        timeframe: task.timeframe,
+    }
 }
 
 /// Fetches one task's window (a backfill window or a stream gap) into its feed and waits until
@@ -451,16 +423,17 @@ async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, Polyg
 /// bars and none could be stored is an error (its quality rows are committed first).
 pub async fn fetch_task(
     ctx: &SourceContext,
-    rest: &PolygonRest,
+    history: &dyn History,
     task: &Task,
     fetched: &AtomicU64,
-) -> Result<Option<(i64, bool)>, PolygonError> {
+) -> Result<Option<(i64, bool)>, FetchError> {
     // Nothing exists before 1970 (the grid's first window starts in 1969), and the window's
     // future part has no bars yet (and a simulator would invent them).
     let from = task.start.max(DateTime::UNIX_EPOCH);
     let to = (task.end - Duration::milliseconds(1)).min(Utc::now());
     let mut settled = true;
-    let mut pager = rest.pages(&task.symbol, task.timeframe, from, to);
+    let mut pager = history.pages(&task.symbol, task.timeframe, from, to);
+    let feed = feed_of(task);
     let (mut bars, mut refused) = (0i64, 0u64);
     loop {
         let page = tokio::select! {
@@ -468,7 +441,7 @@ pub async fn fetch_task(
             _ = ctx.stop().cancelled() => return Ok(None),
         };
         let Some(page) = page else { break };
-        settled &= !page.delayed;
+        settled &= page.settled;
         let n = page.bars.len() + page.rejections.len();
         bars += page.bars.len() as i64;
         refused += page.rejections.len() as u64;
@@ -477,7 +450,7 @@ pub async fn fetch_task(
             continue;
         }
         if !page.bars.is_empty() {
-            ctx.feeds().touched(&task.symbol);
+            ctx.feeds().touched(&feed);
         }
         let chunk = Chunk::new(task.mode, page.bars, page.rejections);
         if ctx.send(chunk).await.is_err() {
@@ -492,11 +465,15 @@ pub async fn fetch_task(
         return Ok(None);
     }
     if bars == 0 && refused > 0 {
-        return Err(PolygonError::AllRefused {
-            symbol: task.symbol.clone(),
-            window: crate::sources::polygon::rest::window_text(from, to),
-            refused,
-        });
+        return Err(FetchError::new(
+            format!(
+                "{} {} {}: none of the {refused} bars received could be stored (see data_quality_logs); the window stays pending",
+                task.source,
+                task.symbol,
+                window_text(from, to)
+            ),
+            Blame::Request,
+        ));
     }
     Ok(Some((bars, settled)))
 }
@@ -512,14 +489,15 @@ mod tests {
     #[test]
     fn windows_lie_on_a_fixed_grid() {
         let now = t("2030-01-01T00:00:00Z");
+        let month = Duration::days(30);
         let a = windows(
-            Timeframe::M1,
+            month,
             t("2024-01-02T05:00:00Z"),
             t("2024-03-01T05:00:00Z"),
             now,
         );
         let b = windows(
-            Timeframe::M1,
+            month,
             t("2024-01-20T05:00:00Z"),
             t("2024-02-10T05:00:00Z"),
             now,
@@ -534,10 +512,8 @@ mod tests {
         assert!(a[0].0 <= t("2024-01-02T05:00:00Z"));
         assert!(a.last().unwrap().1 >= t("2024-03-01T05:00:00Z"));
         // None starts in the future.
-        let soon = windows(Timeframe::M1, now, now + Duration::days(100), now);
+        let soon = windows(month, now, now + Duration::days(100), now);
         assert_eq!(soon.len(), 1);
-        // 30 days of minutes fit in one page of 50,000.
-        assert!(window_len(Timeframe::M1).num_minutes() <= 50_000);
     }
 
     #[test]

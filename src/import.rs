@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::domain::{DataSource, Symbol, Timeframe};
+use crate::domain::{DataSource, Mode, Symbol, Timeframe};
+use crate::ingest::Feed;
 use crate::progress::{Progress, Unit};
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
@@ -43,7 +44,7 @@ pub async fn import(
         timeframe,
         total_bytes,
     };
-    Ok(driver::drive(cfg, source, shutdown, show_progress).await?)
+    Ok(driver::drive(cfg, vec![source], shutdown, show_progress).await?)
 }
 
 struct FlatFiles {
@@ -55,10 +56,6 @@ struct FlatFiles {
 impl Source for FlatFiles {
     fn name(&self) -> &'static str {
         "import"
-    }
-
-    fn data_source(&self) -> DataSource {
-        DataSource::Polygon
     }
 
     fn read_label(&self) -> &'static str {
@@ -84,10 +81,16 @@ impl Source for FlatFiles {
             let shown = crate::text::path(path);
             let (symbols, error, go_on) =
                 load_file(file, &shown, &ctx, &mut progress, &bytes).await;
-            for s in &symbols {
+            for s in symbols {
+                let feed = Feed {
+                    source: DataSource::Polygon,
+                    symbol: s,
+                    mode: Mode::Backfill,
+                    timeframe: self.timeframe,
+                };
                 match &error {
-                    Some(e) => ctx.feeds().failed(s, e),
-                    None => ctx.feeds().touched(s),
+                    Some(e) => ctx.feeds().failed(&feed, e),
+                    None => ctx.feeds().touched(&feed),
                 }
             }
             if let Some(e) = error {

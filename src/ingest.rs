@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::domain::{Bar, DataSource, Mode, Symbol, Timeframe};
+use crate::domain::{Bar, DataSource, FeedState, Mode, Symbol, Timeframe};
 
 /// Told about every batch that carried a producer's bars, once committed.
 pub type AckTx = mpsc::UnboundedSender<BatchReport>;
@@ -156,12 +156,44 @@ pub fn bar_details(bar: &Bar, reason: String) -> serde_json::Value {
     })
 }
 
+/// One `ingestion_status` row: a data source's symbol in one mode, on its timeframe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Feed {
+    pub source: DataSource,
+    pub symbol: Symbol,
+    pub mode: Mode,
+    pub timeframe: Timeframe,
+}
+
+/// A feed's state change. It travels through the queue behind the feed's bars and is applied by
+/// the writer in order with them: the writer is the only code that writes `ingestion_status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The feed runs (its row is created if missing, so a failure shows before the first bar).
+    Start,
+    /// The feed failed: `error` with this message (the row created if missing). It becomes
+    /// `running` again only when one of its bars sent after this commits.
+    Failed(String),
+    /// A load ended: a feed still `running` becomes `completed` or `idle` (with why, if worth
+    /// recording); one in `error` keeps it.
+    Ended(FeedState, Option<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedChange {
+    pub feed: Feed,
+    pub to: Transition,
+}
+
 /// What a producer hands the pipeline: parsed bars, plus the rows it could not parse.
 #[derive(Debug)]
 pub struct Chunk {
     pub mode: Mode,
     pub bars: Vec<Bar>,
     pub rejections: Vec<Rejection>,
+    /// State changes, applied after every bar sent before this chunk and before this chunk's
+    /// own bars and every later one.
+    pub changes: Vec<FeedChange>,
     /// Told about every batch that carried this chunk's bars, once committed.
     pub ack: Option<AckTx>,
     /// A barrier: no data; its `ack` hears once every earlier bar of this symbol is committed
@@ -178,6 +210,7 @@ impl Chunk {
             mode,
             bars,
             rejections,
+            changes: Vec::new(),
             ack: None,
             barrier: None,
             received: None,
@@ -189,9 +222,17 @@ impl Chunk {
             mode: Mode::Backfill,
             bars: Vec::new(),
             rejections: Vec::new(),
+            changes: Vec::new(),
             ack: Some(ack),
             barrier: Some(symbol),
             received: None,
+        }
+    }
+
+    pub fn changes(changes: Vec<FeedChange>) -> Chunk {
+        Chunk {
+            changes,
+            ..Chunk::new(Mode::Backfill, Vec::new(), Vec::new())
         }
     }
 }

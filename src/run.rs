@@ -1,5 +1,6 @@
-//! `mdingest run`: the daemon. One supervisor for every enabled streaming source (today:
-//! Polygon's stream), on the same driver as `import` and `backfill`:
+//! `mdingest run`: the daemon. Every enabled vendor's stream at once, each a source of the same
+//! driver (one pool, one pipeline) as `import` and `backfill`; one vendor refused never stops
+//! the others:
 //! - it starts while the database is down, retrying with backoff and saying so at most once a
 //!   minute, and begins once the database answers;
 //! - every configured symbol has its `stream` row in `ingestion_status` from the start;
@@ -23,18 +24,16 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
-use crate::backfill::{fetch_task, with_lease};
-use crate::config::{Config, PolygonConfig};
+use crate::backfill::{feed_of, fetch_task, with_lease};
+use crate::config::Config;
 use crate::db::backfill as queue;
 use crate::db::{self, DbError};
-use crate::domain::{DataSource, FeedState, Mode, Symbol, Timeframe};
-use crate::ingest::{Chunk, Rejection};
+use crate::domain::{Bar, Mode, Symbol};
+use crate::ingest::{Chunk, Feed, FeedChange, Rejection, Transition};
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
-use crate::sources::polygon::rest::window_text;
-use crate::sources::polygon::stream::{PolygonEvent, PolygonStream, PolygonStreamError};
-use crate::sources::polygon::{PolygonError, PolygonRest};
-use crate::sources::ws::{Session, SessionEvent};
+use crate::sources::ws::SessionEvent;
+use crate::sources::{window_text, Item, Live, SourceError, Vendor};
 
 /// How often a database outage at start is logged.
 const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -45,70 +44,91 @@ pub enum RunError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Polygon(#[from] PolygonError),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
     Drive(#[from] DriveError),
-    #[error(transparent)]
-    Stream(#[from] PolygonStreamError),
 }
 
 /// Runs the daemon until a signal. `None` when the signal came before the database answered.
 pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, RunError> {
-    let polygon = streaming_polygon(cfg)?;
-    let rest = PolygonRest::new(polygon)?;
-    let stream = PolygonStream::new(polygon)?;
+    let streams = streaming(cfg)?;
     if !wait_for_database(cfg, shutdown).await? {
         return Ok(None);
     }
+    forget_old_gaps(cfg).await;
     let deadline = arm_deadline(
         shutdown,
         Duration::from_secs(cfg.service.shutdown_timeout_secs),
     );
-    let source = PolygonLive {
-        rest,
-        stream,
-        timeframe: polygon.timeframe,
-        symbols: polygon.symbols.clone(),
-        lookback: Duration::from_secs(cfg.service.gap_fill_lookback_secs),
-        max_age: chrono::Duration::seconds(
-            i64::try_from(cfg.service.stream_max_bar_age_secs).unwrap_or(i64::MAX / 1000),
-        ),
-    };
-    let summary = driver::drive(cfg, source, shutdown, false).await;
+    let lookback = Duration::from_secs(cfg.service.gap_fill_lookback_secs);
+    let max_age = chrono::Duration::seconds(
+        i64::try_from(cfg.service.stream_max_bar_age_secs).unwrap_or(i64::MAX / 1000),
+    );
+    let sources = streams
+        .into_iter()
+        .filter_map(|vendor| {
+            let live = vendor.live.clone()?;
+            Some(LiveFeed {
+                vendor,
+                live,
+                lookback,
+                max_age,
+            })
+        })
+        .collect();
+    let summary = driver::drive(cfg, sources, shutdown, false).await;
     deadline.abort();
     Ok(Some(summary?))
 }
 
-/// Polygon's live minute bars, gap-filled through REST on every (re)subscription.
-struct PolygonLive {
-    rest: PolygonRest,
-    stream: PolygonStream,
-    timeframe: Timeframe,
-    symbols: Vec<Symbol>,
+/// The enabled vendors that stream; an error when there is none.
+pub fn streaming(cfg: &Config) -> Result<Vec<Vendor>, RunError> {
+    let streams: Vec<Vendor> = crate::sources::enabled(cfg)?
+        .into_iter()
+        .filter(|v| v.live.is_some())
+        .collect();
+    if streams.is_empty() {
+        return Err(RunError::Usage(
+            "no streaming source is enabled: enable a source with stream = true (see config/mdingest.toml)"
+                .into(),
+        ));
+    }
+    Ok(streams)
+}
+
+/// Every reconnect records a gap a feed: the done ones are forgotten after a week.
+async fn forget_old_gaps(cfg: &Config) {
+    let pruned = async {
+        let pool = db::pool(&cfg.database)?;
+        let client = db::get(&pool).await?;
+        queue::prune_gaps(&client).await
+    };
+    match pruned.await {
+        Ok(n) => tracing::debug!(gaps = n, "old done gaps forgotten"),
+        Err(e) => tracing::warn!(error = %e, "cannot forget old gaps"),
+    }
+}
+
+/// One vendor's live bars, gap-filled through its history on every (re)subscription.
+struct LiveFeed {
+    vendor: Vendor,
+    live: Arc<dyn Live>,
     lookback: Duration,
     /// `service.stream_max_bar_age_secs`.
     max_age: chrono::Duration,
 }
 
-/// Gap workers: each fetches one gap at a time, so a symbol whose gap keeps failing holds up
-/// one of them at most; the vendor's rate limit paces them all together.
+/// Gap workers per vendor: each fetches one gap at a time, so a symbol whose gap keeps failing
+/// holds up one of them at most; the vendor's rate limit paces them all together.
 const GAP_WORKERS: usize = 4;
 /// A gap worker with nothing to do looks for gaps whose backoff has passed this often.
 const GAP_POLL: Duration = Duration::from_secs(2);
 
-impl Source for PolygonLive {
+impl Source for LiveFeed {
     fn name(&self) -> &'static str {
         "run"
-    }
-
-    fn data_source(&self) -> DataSource {
-        DataSource::Polygon
-    }
-
-    fn mode(&self) -> Mode {
-        Mode::Stream
     }
 
     fn read_label(&self) -> &'static str {
@@ -117,30 +137,19 @@ impl Source for PolygonLive {
 
     async fn run(self, ctx: SourceContext) -> SourceEnd {
         let mut end = SourceEnd::default();
-        for s in &self.symbols {
-            ctx.feeds().touched(s);
+        let name = self.vendor.name;
+        let feeds = self.feeds();
+        for f in &feeds {
+            ctx.feeds().touched(f);
         }
-        self.mark_running(&ctx).await;
-        // Every reconnect records a gap a feed: the done ones are forgotten after a week.
-        match db::get(ctx.pool()).await {
-            Ok(client) => match queue::prune_gaps(&client).await {
-                Ok(n) => tracing::debug!(gaps = n, "old done gaps forgotten"),
-                Err(e) => tracing::warn!(error = %e, "cannot forget old gaps"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot forget old gaps"),
+        // Every configured symbol has its row from the start, so an error shows before the
+        // first bar.
+        if self.change(&ctx, Transition::Start).await.is_err() {
+            return end;
         }
-        let session = match Session::new(self.stream.clone(), self.stream.session_config()) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                end.failed.push(format!("polygon stream: {e}"));
-                return end;
-            }
-        };
         let gaps = Arc::new(GapFill {
             ctx: ctx.clone(),
-            rest: self.rest.clone(),
-            timeframe: self.timeframe,
-            symbols: self.symbols.clone(),
+            vendor: self.vendor.clone(),
             wake: Notify::new(),
             fetched: AtomicU64::new(0),
         });
@@ -156,10 +165,10 @@ impl Source for PolygonLive {
         // holds the rest back.
         let (tx, mut rx) = mpsc::channel(1);
         let runner = {
-            let (session, stop) = (session.clone(), ctx.stop().clone());
-            tokio::spawn(async move { session.run(tx, stop).await })
+            let (live, stop) = (self.live.clone(), ctx.stop().clone());
+            tokio::spawn(async move { live.run(tx, stop).await })
         };
-        let subscribed: HashSet<Symbol> = self.symbols.iter().cloned().collect();
+        let subscribed: HashSet<Symbol> = self.vendor.symbols.iter().cloned().collect();
         // When the current connection was subscribed; `None` between connections.
         let mut connection: Option<DateTime<Utc>> = None;
         loop {
@@ -168,11 +177,11 @@ impl Source for PolygonLive {
                 _ = ctx.stop().cancelled() => break,
             };
             let Some(event) = event else { break };
-            match event {
+            let sent = match event {
                 SessionEvent::Subscribed { reconnect, at } => {
                     tracing::info!(
                         reconnect,
-                        "polygon stream subscribed; gap-filling up to {at}"
+                        "{name} stream subscribed; gap-filling up to {at}"
                     );
                     // Recorded before this connection's first bar goes to the writers: once
                     // one commits, `last_bar_timestamp` is past the gap.
@@ -181,35 +190,39 @@ impl Source for PolygonLive {
                     }
                     gaps.wake.notify_waiters();
                     connection = Some(at);
-                    self.mark_running(&ctx).await;
+                    Ok(())
                 }
-                SessionEvent::Data(events) => {
+                SessionEvent::Data(items) => {
                     // Older bars are history, which comes through REST: a stream sending them
                     // is confused or lying.
                     let since = connection.unwrap_or_else(Utc::now) - self.max_age;
-                    if send_frame(&ctx, events, &subscribed, since).await.is_err() {
-                        break;
-                    }
+                    send_frame(&ctx, items, &subscribed, since).await
                 }
                 SessionEvent::Refused { refusal, retry_in } => {
                     tracing::error!(retry_in = ?retry_in, "{refusal}");
                     connection = None;
-                    self.record_error(&ctx, &refusal.to_string()).await;
+                    self.change(&ctx, Transition::Failed(refusal.to_string()))
+                        .await
                 }
                 SessionEvent::Disconnected { reason, retry_in } => {
-                    tracing::warn!(retry_in = ?retry_in, "polygon stream disconnected: {reason:?}");
+                    tracing::warn!(retry_in = ?retry_in, "{name} stream disconnected: {reason:?}");
                     // A connection that never got as far as its subscription (no answer to
                     // the login, closed at once) is a failure the feeds must show.
                     if connection.take().is_none() {
                         let text = format!(
-                            "polygon stream: {reason}; retrying in {:.0} s",
+                            "{name} stream: {reason}; retrying in {:.0} s",
                             retry_in.as_secs_f64()
                         );
-                        self.record_error(&ctx, &text).await;
+                        self.change(&ctx, Transition::Failed(text)).await
+                    } else {
+                        Ok(())
                     }
                 }
                 // The session logged it already.
-                SessionEvent::Notice { .. } => {}
+                SessionEvent::Notice { .. } => Ok(()),
+            };
+            if sent.is_err() {
+                break;
             }
         }
         workers.abort_all();
@@ -223,64 +236,50 @@ impl Source for PolygonLive {
     }
 }
 
-impl PolygonLive {
-    /// Every configured symbol's `stream` row, created if missing, `running`: at start (so an
-    /// error shows before the first bar) and after every subscription (clearing an `error`).
-    async fn mark_running(&self, ctx: &SourceContext) {
-        let marked = async {
-            let client = db::get(ctx.pool()).await?;
-            db::status::ensure_feeds(
-                &client,
-                DataSource::Polygon,
-                Mode::Stream,
-                self.timeframe,
-                &self.symbols,
-                FeedState::Running,
-            )
-            .await
-        };
-        if let Err(e) = marked.await {
-            tracing::warn!(error = %e, "cannot mark the stream feeds running");
-        }
+impl LiveFeed {
+    fn feeds(&self) -> Vec<Feed> {
+        let v = &self.vendor;
+        v.symbols
+            .iter()
+            .map(|s| Feed {
+                source: v.source,
+                symbol: s.clone(),
+                mode: Mode::Stream,
+                timeframe: v.timeframe,
+            })
+            .collect()
     }
 
-    async fn record_error(&self, ctx: &SourceContext, text: &str) {
-        let recorded = async {
-            let client = db::get(ctx.pool()).await?;
-            db::status::upsert_error(
-                &client,
-                DataSource::Polygon,
-                Mode::Stream,
-                self.timeframe,
-                &self.symbols,
-                text,
-            )
-            .await
-        };
-        if let Err(e) = recorded.await {
-            tracing::warn!(error = %e, "cannot record the stream's error");
-        }
+    /// The same change for every configured symbol's `stream` feed, behind its queued bars.
+    async fn change(
+        &self,
+        ctx: &SourceContext,
+        to: Transition,
+    ) -> Result<(), crate::pipeline::PipelineClosed> {
+        let changes = self
+            .feeds()
+            .into_iter()
+            .map(|feed| FeedChange {
+                feed,
+                to: to.clone(),
+            })
+            .collect();
+        ctx.change(changes).await
     }
 
     /// Records every feed's gap up to the subscription at `at`, retrying while the database
     /// does not answer. False when the run stopped first (then no bar of the new connection
     /// was sent, and the next start gap-fills from the same last bar).
     async fn record_gaps(&self, ctx: &SourceContext, at: DateTime<Utc>) -> bool {
+        let v = &self.vendor;
         let default_from =
             at - chrono::Duration::from_std(self.lookback).unwrap_or(chrono::Duration::days(1));
         let mut wait = Duration::from_millis(500);
         loop {
             let recorded = async {
                 let client = db::get(ctx.pool()).await?;
-                queue::record_gaps(
-                    &client,
-                    DataSource::Polygon,
-                    self.timeframe,
-                    &self.symbols,
-                    default_from,
-                    at,
-                )
-                .await
+                queue::record_gaps(&client, v.source, v.timeframe, &v.symbols, default_from, at)
+                    .await
             };
             match recorded.await {
                 Ok(n) => {
@@ -300,14 +299,12 @@ impl PolygonLive {
 }
 
 /// The daemon's gap-fills: pending `stream` tasks of the work queue, claimed and fetched
-/// through REST into the feeds' `stream` rows, each done only once its bars are committed. A
-/// gap that fails waits out its backoff (kept in the queue) and is tried again; the others go
-/// on meanwhile.
+/// through the vendor's history into the feeds' `stream` rows, each done only once its bars are
+/// committed. A gap that fails waits out its backoff (kept in the queue) and is tried again;
+/// the others go on meanwhile.
 struct GapFill {
     ctx: SourceContext,
-    rest: PolygonRest,
-    timeframe: Timeframe,
-    symbols: Vec<Symbol>,
+    vendor: Vendor,
     /// Told when new gaps are recorded.
     wake: Notify,
     /// Bars fetched by gap-fills.
@@ -341,12 +338,12 @@ impl GapFill {
             &database.url.redacted(),
         )
         .await?;
+        let v = &self.vendor;
         loop {
             if self.ctx.stop().is_cancelled() {
                 return Ok(());
             }
-            let claimed =
-                queue::claim_gap(&client, DataSource::Polygon, self.timeframe, &self.symbols);
+            let claimed = queue::claim_gap(&client, v.source, v.timeframe, &v.symbols);
             let Some(task) = claimed.await? else {
                 let woken = self.wake.notified();
                 tokio::select! {
@@ -357,7 +354,7 @@ impl GapFill {
                 continue;
             };
             let window = window_text(task.start, task.end);
-            let work = fetch_task(&self.ctx, &self.rest, &task, &self.fetched);
+            let work = fetch_task(&self.ctx, &*v.history, &task, &self.fetched);
             match with_lease(&client, &task, work).await {
                 Ok(Some((bars, settled))) => {
                     let done = queue::finish(&client, &task, bars, settled).await?;
@@ -374,36 +371,34 @@ impl GapFill {
                         format!("gap-fill {window} failed: {e}; it stays pending and is retried");
                     tracing::error!(symbol = %task.symbol, "{text}");
                     queue::release(&client, &task, Some(&text)).await?;
-                    db::status::upsert_error(
-                        &client,
-                        DataSource::Polygon,
-                        Mode::Stream,
-                        self.timeframe,
-                        std::slice::from_ref(&task.symbol),
-                        &text,
-                    )
-                    .await?;
+                    let change = FeedChange {
+                        feed: feed_of(&task),
+                        to: Transition::Failed(text),
+                    };
+                    if self.ctx.change(vec![change]).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }
     }
 }
 
-/// Events of a frame turned into bars and rejections at a time: a rejection holds about 1 KB,
+/// Items of a frame turned into bars and rejections at a time: a rejection holds about 1 KB,
 /// so a frame of 100,000 refused events is never held as rejections all at once.
 const SEND_SLICE: usize = 4096;
 
-/// Hands a frame's events to the pipeline, a slice at a time (each waits for room in the
+/// Hands a frame's items to the pipeline, a slice at a time (each waits for room in the
 /// queue, which is bounded in bars).
 async fn send_frame(
     ctx: &SourceContext,
-    events: Vec<PolygonEvent>,
+    items: Vec<Item>,
     subscribed: &HashSet<Symbol>,
     since: DateTime<Utc>,
 ) -> Result<(), crate::pipeline::PipelineClosed> {
-    let mut events = events.into_iter().peekable();
-    while events.peek().is_some() {
-        let slice = events.by_ref().take(SEND_SLICE);
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let slice = items.by_ref().take(SEND_SLICE);
         let (bars, rejections) = split(slice, subscribed, since);
         if !bars.is_empty() || !rejections.is_empty() {
             ctx.send(Chunk::new(Mode::Stream, bars, rejections)).await?;
@@ -415,22 +410,22 @@ async fn send_frame(
 /// A frame's bars and rejections. Only bars of subscribed symbols, and not older than `since`,
 /// are stored: anything else is a quality record.
 fn split(
-    events: impl Iterator<Item = PolygonEvent>,
+    items: impl Iterator<Item = Item>,
     subscribed: &HashSet<Symbol>,
     since: DateTime<Utc>,
-) -> (Vec<crate::domain::Bar>, Vec<Rejection>) {
-    let mut bars = Vec::with_capacity(events.size_hint().0);
+) -> (Vec<Bar>, Vec<Rejection>) {
+    let mut bars = Vec::with_capacity(items.size_hint().0);
     let mut rejections = Vec::new();
-    for e in events {
-        match e {
-            PolygonEvent::Bar(b) if !subscribed.contains(&b.symbol) => {
+    for item in items {
+        match item {
+            Item::Bar(b) if !subscribed.contains(&b.symbol) => {
                 rejections.push(Rejection::of_bar(
                     &b,
                     "unsubscribed_symbol",
                     "the stream sent a bar for a symbol that was not subscribed".into(),
                 ));
             }
-            PolygonEvent::Bar(b) if b.timestamp < since => {
+            Item::Bar(b) if b.timestamp < since => {
                 rejections.push(Rejection::of_bar(
                     &b,
                     "stale_stream_bar",
@@ -440,26 +435,11 @@ fn split(
                     ),
                 ));
             }
-            PolygonEvent::Bar(b) => bars.push(b),
-            PolygonEvent::Rejected(r) => rejections.push(r),
-            PolygonEvent::Status(_) => {}
+            Item::Bar(b) => bars.push(b),
+            Item::Rejected(r) => rejections.push(r),
         }
     }
     (bars, rejections)
-}
-
-/// The streaming source to run: `sources.polygon`, enabled, with `stream = true`.
-pub fn streaming_polygon(cfg: &Config) -> Result<&PolygonConfig, RunError> {
-    cfg.sources
-        .polygon
-        .as_ref()
-        .filter(|p| p.enabled && p.stream)
-        .ok_or_else(|| {
-            RunError::Usage(
-                "no streaming source is enabled: set sources.polygon.enabled and stream = true"
-                    .into(),
-            )
-        })
 }
 
 /// Waits until the database answers and is migrated. `Ok(false)` when a signal came first.

@@ -83,8 +83,9 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> Measured {
 fn grid(from: &str, to: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     let from: mdingest::backfill::DateArg = from.parse().unwrap();
     let to: mdingest::backfill::DateArg = to.parse().unwrap();
+    // Polygon's minute windows are 30 days.
     mdingest::backfill::windows(
-        Timeframe::M1,
+        chrono::Duration::days(30),
         from.start().unwrap(),
         to.end_exclusive().unwrap(),
         Utc::now(),

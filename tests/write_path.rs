@@ -461,7 +461,7 @@ async fn batches_close_at_batch_max_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
-    use mdingest::db::writer::{write_batch, WriteOptions};
+    use mdingest::db::writer::{write_batch, Rows, WriteOptions};
     use mdingest::pipeline::{Batch, Staged};
     let db = TestDb::migrated("token").await;
     let cfg = db.config();
@@ -480,13 +480,15 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         prune: false,
     };
     let mut client = pool.get().await.unwrap();
-    let first = write_batch(&mut client, &batch.entries, &[], &feeds, opts())
-        .await
-        .unwrap();
+    let rows = || Rows {
+        changes: &[],
+        entries: &batch.entries,
+        rejections: &[],
+        feeds: &feeds,
+    };
+    let first = write_batch(&mut client, rows(), opts()).await.unwrap();
     // As if COMMIT's reply had been lost: the retry finds the token and writes nothing.
-    let again = write_batch(&mut client, &batch.entries, &[], &feeds, opts())
-        .await
-        .unwrap();
+    let again = write_batch(&mut client, rows(), opts()).await.unwrap();
     assert_eq!(first.inserted, 3);
     assert_eq!(again, first);
     assert_eq!(
@@ -515,9 +517,13 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
             expect_new: true,
             prune: false,
         };
-        write_batch(&mut client, &other.entries, &[], &[], opts)
-            .await
-            .unwrap()
+        let rows = Rows {
+            changes: &[],
+            entries: &other.entries,
+            rejections: &[],
+            feeds: &[],
+        };
+        write_batch(&mut client, rows, opts).await.unwrap()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use mdingest::config::{PolygonConfig, Secret};
-use mdingest::sources::polygon::stream::{PolygonEvent, PolygonStream};
+use mdingest::sources::polygon::stream::PolygonStream;
 use mdingest::sources::ws::{
     quiet_wire_logs, DisconnectReason, RefusalKind, Session, SessionConfig, SessionEvent,
     SessionState,
 };
+use mdingest::sources::Item;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -280,7 +281,7 @@ fn text(events: &[String]) -> Message {
     Message::text(frame(events))
 }
 
-type Event = SessionEvent<PolygonEvent>;
+type Event = SessionEvent<Item>;
 
 struct Client {
     session: Arc<Session<PolygonStream>>,
@@ -378,7 +379,7 @@ fn bar_symbols(e: &Event) -> Vec<String> {
         SessionEvent::Data(events) => events
             .iter()
             .filter_map(|d| match d {
-                PolygonEvent::Bar(b) => Some(b.symbol.to_string()),
+                Item::Bar(b) => Some(b.symbol.to_string()),
                 _ => None,
             })
             .collect(),
@@ -535,7 +536,7 @@ async fn subscribed_precedes_the_data_of_its_connection() {
         unreachable!()
     };
     assert!(
-        matches!(&garbage[..], [PolygonEvent::Rejected(r)] if r.check == "malformed_row"),
+        matches!(&garbage[..], [Item::Rejected(r)] if r.check == "malformed_row"),
         "{garbage:?}"
     );
     let SessionEvent::Subscribed { at, reconnect } = &client.seen[0].1 else {

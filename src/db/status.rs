@@ -1,11 +1,10 @@
-//! `ingestion_status`: reading it for `mdingest status`, and the state changes that are not a
-//! batch's progress (a load finishing or failing).
+//! `ingestion_status`, read for `mdingest status`. Only the writer writes it (`db::writer`):
+//! progress and state changes travel through the queue with the bars.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::domain::{DataSource, FeedState, Mode, Symbol};
 
 #[derive(Debug, Clone)]
 pub struct StatusRow {
@@ -46,37 +45,6 @@ pub async fn read_all(client: &Client) -> Result<Vec<StatusRow>, DbError> {
             updated_at: r.get(9),
         })
         .collect())
-}
-
-/// Moves the given feeds from `running` to `state` (`completed`, `idle`, or `error` with a
-/// message). Feeds in another state are left alone.
-pub async fn finish_feeds(
-    client: &Client,
-    source: DataSource,
-    mode: Mode,
-    symbols: &[Symbol],
-    state: FeedState,
-    error: Option<&str>,
-) -> Result<u64, DbError> {
-    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
-    let n = client
-        .execute(
-            "UPDATE data_ingestion.ingestion_status
-             SET state = $4,
-                 last_error = COALESCE($5, last_error),
-                 last_error_at = CASE WHEN $5::text IS NULL THEN last_error_at ELSE now() END,
-                 updated_at = now()
-             WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3) AND state = 'running'",
-            &[
-                &source.as_str(),
-                &mode.as_str(),
-                &symbols,
-                &state.as_str(),
-                &error,
-            ],
-        )
-        .await?;
-    Ok(n)
 }
 
 /// Renders rows as an aligned text table.
@@ -143,86 +111,4 @@ pub fn render_table(rows: &[StatusRow]) -> String {
         out.push_str("(no feeds yet)\n");
     }
     out
-}
-
-/// Gives every feed its row from the start (so an error shows before the first bar) and marks
-/// them `state`; rows that exist keep their progress.
-pub async fn ensure_feeds(
-    client: &Client,
-    source: DataSource,
-    mode: Mode,
-    timeframe: crate::domain::Timeframe,
-    symbols: &[Symbol],
-    state: FeedState,
-) -> Result<(), DbError> {
-    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
-    client
-        .execute(
-            "INSERT INTO data_ingestion.ingestion_status AS st
-                 (data_source, symbol, mode, timeframe, state, rows_written, updated_at)
-             SELECT $1, s, $2, $3, $5, 0, now() FROM unnest($4::text[]) AS s
-             ON CONFLICT (data_source, symbol, mode) DO UPDATE
-             SET state = EXCLUDED.state, timeframe = EXCLUDED.timeframe, updated_at = now()",
-            &[
-                &source.as_str(),
-                &mode.as_str(),
-                &timeframe.as_str(),
-                &symbols,
-                &state.as_str(),
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// The committed `last_bar_timestamp` of each of these feeds that has one.
-pub async fn last_bars(
-    client: &Client,
-    source: DataSource,
-    mode: Mode,
-    symbols: &[Symbol],
-) -> Result<std::collections::HashMap<String, DateTime<Utc>>, DbError> {
-    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
-    let rows = client
-        .query(
-            "SELECT symbol, last_bar_timestamp FROM data_ingestion.ingestion_status
-             WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3)
-               AND last_bar_timestamp IS NOT NULL",
-            &[&source.as_str(), &mode.as_str(), &symbols],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// Records a failure (a refused login, a gap-fill or a window that failed) on these feeds' rows,
-/// creating any that is missing (a feed that failed before its first bar must show it too):
-/// state `error`, `last_error`, now.
-pub async fn upsert_error(
-    client: &Client,
-    source: DataSource,
-    mode: Mode,
-    timeframe: crate::domain::Timeframe,
-    symbols: &[Symbol],
-    error: &str,
-) -> Result<(), DbError> {
-    let symbols: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
-    client
-        .execute(
-            "INSERT INTO data_ingestion.ingestion_status AS st
-                 (data_source, symbol, mode, timeframe, state, rows_written, last_error,
-                  last_error_at, updated_at)
-             SELECT $1, s, $2, $3, 'error', 0, $5, now(), now() FROM unnest($4::text[]) AS s
-             ON CONFLICT (data_source, symbol, mode) DO UPDATE
-             SET state = 'error', last_error = EXCLUDED.last_error, last_error_at = now(),
-                 updated_at = now()",
-            &[
-                &source.as_str(),
-                &mode.as_str(),
-                &timeframe.as_str(),
-                &symbols,
-                &error,
-            ],
-        )
-        .await?;
-    Ok(())
 }

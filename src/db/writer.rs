@@ -13,7 +13,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::DbError;
-use crate::ingest::{FeedProgress, Rejection, Staged, WriteCounts};
+use crate::domain::FeedState;
+use crate::ingest::{FeedChange, FeedProgress, Rejection, Staged, Transition, WriteCounts};
 
 /// Lives as long as the session; created (if missing) in every transaction, so a session reset
 /// (`DISCARD TEMP`, a pooler) cannot leave a writer without it. `ON COMMIT DELETE ROWS` empties
@@ -107,6 +108,40 @@ const FIND_BATCH_SQL: &str = "SELECT inserted, updated, unchanged
 const PRUNE_BATCHES_SQL: &str = "DELETE FROM data_ingestion.committed_batches
     WHERE committed_at < now() - interval '7 days'";
 
+/// `Transition::Start`: the row exists and runs.
+const START_SQL: &str = "INSERT INTO data_ingestion.ingestion_status AS st
+    (data_source, symbol, mode, timeframe, state, rows_written, updated_at)
+SELECT $1, s, $2, $3, 'running', 0, now() FROM unnest($4::text[]) AS s
+ON CONFLICT (data_source, symbol, mode) DO UPDATE
+SET state = 'running', timeframe = EXCLUDED.timeframe, updated_at = now()";
+
+/// `Transition::Failed`: the row exists and shows the error.
+const FAILED_SQL: &str = "INSERT INTO data_ingestion.ingestion_status AS st
+    (data_source, symbol, mode, timeframe, state, rows_written, last_error, last_error_at,
+     updated_at)
+SELECT $1, s, $2, $3, 'error', 0, $5, now(), now() FROM unnest($4::text[]) AS s
+ON CONFLICT (data_source, symbol, mode) DO UPDATE
+SET state = 'error', last_error = EXCLUDED.last_error, last_error_at = now(), updated_at = now()";
+
+/// `Transition::Ended`: only a feed still `running` moves; one in `error` keeps it.
+const ENDED_SQL: &str = "UPDATE data_ingestion.ingestion_status
+SET state = $4,
+    last_error = COALESCE($5, last_error),
+    last_error_at = CASE WHEN $5::text IS NULL THEN last_error_at ELSE now() END,
+    updated_at = now()
+WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3) AND state = 'running'";
+
+/// What one batch writes.
+pub struct Rows<'a> {
+    /// Applied first, in order (see `Transition`).
+    pub changes: &'a [FeedChange],
+    /// Already de-duplicated: one per key.
+    pub entries: &'a [Staged],
+    pub rejections: &'a [Rejection],
+    /// The progress `entries` make.
+    pub feeds: &'a [FeedProgress],
+}
+
 /// How a writer calls `write_batch`.
 pub struct WriteOptions<'a> {
     /// Unique per batch and the same for all its attempts (see `committed_batches`).
@@ -117,15 +152,19 @@ pub struct WriteOptions<'a> {
     pub prune: bool,
 }
 
-/// Writes `entries` (already de-duplicated: one per key), the quality-log rows and the progress
-/// of `feeds` in one transaction.
+/// Writes a batch in one transaction: its feeds' state changes, its bars, its quality-log rows
+/// and the progress of its feeds (which makes them `running`).
 pub async fn write_batch(
     client: &mut Client,
-    entries: &[Staged],
-    rejections: &[Rejection],
-    feeds: &[FeedProgress],
+    rows: Rows<'_>,
     opts: WriteOptions<'_>,
 ) -> Result<WriteCounts, DbError> {
+    let Rows {
+        changes,
+        entries,
+        rejections,
+        feeds,
+    } = rows;
     let expect_new = opts.expect_new;
     let mut tx = client.transaction().await?;
     // If this connection dies mid-batch, the server ends the orphaned transaction within a
@@ -144,6 +183,7 @@ pub async fn write_batch(
             ..WriteCounts::default()
         });
     }
+    apply_changes(&tx, changes).await?;
     let mut counts = WriteCounts::default();
     // Rows inserted or updated per (data_source, symbol): `rows_written` counts no unchanged row.
     let mut written_of: HashMap<(String, String), i64> = HashMap::new();
@@ -221,6 +261,60 @@ pub async fn write_batch(
     }
     tx.commit().await?;
     Ok(counts)
+}
+
+/// Applies state changes in their own transaction (the feeds' end after the writers stopped).
+pub async fn apply_alone(client: &mut Client, changes: &[FeedChange]) -> Result<(), DbError> {
+    let tx = client.transaction().await?;
+    apply_changes(&tx, changes).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Applies state changes in order; a run of changes that differ only by symbol is one statement.
+async fn apply_changes(tx: &Transaction<'_>, changes: &[FeedChange]) -> Result<(), DbError> {
+    let mut rest = changes;
+    while let Some(first) = rest.first() {
+        let same = |c: &FeedChange| {
+            c.to == first.to
+                && (c.feed.source, c.feed.mode, c.feed.timeframe)
+                    == (first.feed.source, first.feed.mode, first.feed.timeframe)
+        };
+        let n = rest.iter().take_while(|c| same(c)).count();
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        let f = &first.feed;
+        // The same change twice in a run is one (an upsert may not touch a row twice).
+        let mut symbols: Vec<&str> = run.iter().map(|c| c.feed.symbol.as_str()).collect();
+        symbols.sort_unstable();
+        symbols.dedup();
+        let key: [&(dyn ToSql + Sync); 4] = [
+            &f.source.as_str(),
+            &f.mode.as_str(),
+            &f.timeframe.as_str(),
+            &symbols,
+        ];
+        match &first.to {
+            Transition::Start => tx.execute(START_SQL, &key).await?,
+            Transition::Failed(text) => {
+                let text = text.replace('\0', "");
+                let params = [key[0], key[1], key[2], key[3], &text];
+                tx.execute(FAILED_SQL, &params).await?
+            }
+            Transition::Ended(state, why) => {
+                // A load cannot end in `running`, nor `error` without a message.
+                let state = match (state, why) {
+                    (FeedState::Running, _) => FeedState::Idle,
+                    (FeedState::Error, None) => FeedState::Idle,
+                    (s, _) => *s,
+                };
+                let why = why.as_ref().map(|w| w.replace('\0', ""));
+                let params = [key[0], key[1], key[3], &state.as_str(), &why];
+                tx.execute(ENDED_SQL, &params).await?
+            }
+        };
+    }
+    Ok(())
 }
 
 /// Streams the batch's bars with binary COPY (`sql` names the target); returns the row count.

@@ -7,10 +7,13 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{DataSource, Mode, Symbol, Timeframe};
-use crate::ingest::{AckTx, FeedProgress, Rejection, Staged};
+use crate::ingest::{AckTx, FeedChange, FeedProgress, Rejection, Staged};
 
 #[derive(Debug)]
 pub struct Batch {
+    /// Feed state changes, applied before the batch's bars (every bar sent before a change is
+    /// in an earlier batch: the router closes the open batch first).
+    pub changes: Vec<FeedChange>,
     pub entries: Vec<Staged>,
     pub rejections: Vec<Rejection>,
     /// Bars rejected (a bar with two problems has two log rows but counts once).
@@ -30,6 +33,7 @@ impl Batch {
 
     pub fn with_capacity(rows: usize) -> Batch {
         Batch {
+            changes: Vec::new(),
             entries: Vec::with_capacity(rows),
             rejections: Vec::new(),
             rejected_bars: 0,
@@ -41,7 +45,15 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.rejections.is_empty() && !self.barrier
+        self.entries.is_empty()
+            && self.rejections.is_empty()
+            && self.changes.is_empty()
+            && !self.barrier
+    }
+
+    /// Holds rows or state changes: something to write.
+    pub fn has_writes(&self) -> bool {
+        !(self.entries.is_empty() && self.rejections.is_empty() && self.changes.is_empty())
     }
 
     /// What counts towards `batch_max_rows`: bars, and quality-log rows by their weight.
@@ -114,8 +126,8 @@ impl Batch {
         out
     }
 
-    /// Splits in two halves (to isolate a bar the database refuses); the quality-log rows and
-    /// acknowledgements go with the first half. Sorted by feed and time first, so that whatever
+    /// Splits in two halves (to isolate a bar the database refuses); the state changes,
+    /// quality-log rows and acknowledgements go with the first half. Sorted by feed and time first, so that whatever
     /// commits of a feed is its oldest part: its `last_bar_timestamp` never passes a bar of the
     /// other half that may yet fail.
     pub fn split(mut self) -> (Batch, Batch) {
@@ -129,6 +141,7 @@ impl Batch {
         });
         let tail = self.entries.split_off(self.entries.len() / 2);
         let second = Batch {
+            changes: Vec::new(),
             entries: tail,
             rejections: Vec::new(),
             rejected_bars: 0,

@@ -52,7 +52,7 @@ pub(crate) async fn write_loop(
         let acks = batch.acks.clone();
         let n = batch.entries.len() as u64;
         let oldest = batch.oldest_received;
-        if batch.entries.is_empty() && batch.rejections.is_empty() {
+        if !batch.has_writes() {
             // Only barriers: every earlier batch of this writer is committed.
             let report = BatchReport {
                 counts: Default::default(),
@@ -155,8 +155,13 @@ fn commit<'a>(
                     .get()
                     .await
                     .map_err(|e| DbError::Pool(db::pool_error_reason(&e)))?;
-                writer::write_batch(&mut client, &batch.entries, &batch.rejections, &feeds, opts)
-                    .await
+                let rows = writer::Rows {
+                    changes: &batch.changes,
+                    entries: &batch.entries,
+                    rejections: &batch.rejections,
+                    feeds: &feeds,
+                };
+                writer::write_batch(&mut client, rows, opts).await
             };
             // A silent network (a partition, a failover without a reset) would otherwise hold
             // the attempt for as long as TCP keepalive takes to notice.
@@ -239,6 +244,9 @@ async fn isolate(
         return Ok(a);
     }
     match batch.entries.len() {
+        0 if batch.rejections.is_empty() => Err(Failure::Fatal(format!(
+            "the database refuses the feeds' state changes: {err}"
+        ))),
         0 => {
             if batch.rejections.iter().all(|r| r.check == SANITIZED) {
                 return Err(Failure::Fatal(format!(
@@ -263,6 +271,7 @@ async fn isolate(
             });
             log.rejected_bars = 1;
             log.acks = batch.acks;
+            log.changes = batch.changes;
             commit(ctx, log, state).await
         }
         _ => {

@@ -76,6 +76,8 @@ impl Queue {
                 mode: chunk.mode,
                 bars: std::mem::replace(&mut chunk.bars, rest_bars),
                 rejections: std::mem::replace(&mut chunk.rejections, rest_rejections),
+                // Before any of the chunk's rows, as the sender asked.
+                changes: std::mem::take(&mut chunk.changes),
                 ack: chunk.ack.clone(),
                 barrier: None,
                 received: chunk.received,
@@ -216,6 +218,16 @@ impl Pipeline {
     }
 }
 
+/// Applies the feeds' end (`Transition::Ended`) once the writers are gone without applying it
+/// (they failed or were given up on): no bar can follow it then.
+pub async fn end_feeds(
+    pool: &Pool,
+    changes: &[crate::ingest::FeedChange],
+) -> Result<(), crate::db::DbError> {
+    let mut client = crate::db::get(pool).await?;
+    crate::db::writer::apply_alone(&mut client, changes).await
+}
+
 /// Closes the queue's room when dropped.
 struct CloseOnDrop(Arc<Semaphore>);
 
@@ -280,10 +292,21 @@ impl Router {
             mode,
             bars,
             rejections,
+            changes,
             ack,
             barrier,
             received,
         } = chunk;
+        for change in changes {
+            let shard = self.shard_of(change.feed.symbol.as_str());
+            // The feed's earlier rows commit first: a change applies after them, and before
+            // whatever comes next in the same batch.
+            if !self.open[shard].entries.is_empty() || !self.open[shard].rejections.is_empty() {
+                self.flush(shard).await?;
+            }
+            self.add(shard, ack.as_ref(), |b| b.changes.push(change))
+                .await?;
+        }
         if let Some(symbol) = barrier {
             // Someone waits on it (a backfill task, to be marked done): the batch goes now
             // instead of at its age limit, which would idle the waiting worker.

@@ -1,7 +1,7 @@
-//! One driver for every source (`import` now, `backfill` and `run` on the same road): checks the
-//! database, starts the pipeline, runs the source, then commits what was read, marks each feed
-//! `completed`, `idle` or `error` (after that feed's last batch, so a late batch can never turn
-//! an `error` back into `running`), prints the rejected rows (up to 20) and returns the summary.
+//! One driver for every command (`import`, `backfill`, `run`): checks the database, starts the
+//! pipeline, runs its sources side by side, then commits what was read, ends each feed
+//! `completed`, `idle` or `error` (a state change queued behind the feed's last bar, applied by
+//! the writer like every other), collects the rejected rows (up to 20) and returns the summary.
 //!
 //! Shutdown: the first signal stops the source (it stops reading and returns), and what was read
 //! is committed; the second gives up waiting for the database and counts what was not committed.
@@ -19,28 +19,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{self, DbError};
-use crate::domain::{DataSource, FeedState, Mode, Symbol};
-use crate::ingest::{AckTx, BatchReport, Chunk, WriteCounts, NOTED_REJECTIONS};
+use crate::domain::{FeedState, Symbol};
+use crate::ingest::{
+    AckTx, BatchReport, Chunk, Feed, FeedChange, Transition, WriteCounts, NOTED_REJECTIONS,
+};
 use crate::pipeline::{Pipeline, PipelineClosed, PipelineError, Queue};
 use crate::shutdown::{Shutdown, Signal};
 
 /// A blocked wait says so after this long, and again at this interval.
 const WAIT_NOTICE: Duration = Duration::from_secs(5);
-/// Marking feeds at the end must not hold the exit when the database is gone.
-const FINISH_FEEDS_TIMEOUT: Duration = Duration::from_secs(10);
-/// After giving up on the database, how long the feeds' final state may still take.
+/// The feeds' end after the writers failed must not hold the exit when the database is gone.
+const LATE_END_TIMEOUT: Duration = Duration::from_secs(10);
+/// After giving up on the database, how long the feeds' end may still take.
 const GIVEN_UP_GRACE: Duration = Duration::from_millis(500);
-
 /// A producer of bars. `run` hands chunks to `ctx` until its input ends or `ctx.stop()` fires,
-/// records each feed's outcome in `ctx.feeds()`, and returns the failures to report (one line
-/// each) and extra summary lines.
+/// records each feed's outcome in `ctx.feeds()` (a feed may be of any data source and mode), and
+/// returns the failures to report (one line each) and extra summary lines.
 pub trait Source: Send {
     /// The command's name in logs and the summary (`import`, `backfill`).
     fn name(&self) -> &'static str;
-    fn data_source(&self) -> DataSource;
-    fn mode(&self) -> Mode {
-        Mode::Backfill
-    }
     /// What the summary calls the rows taken in ("rows read", "fetched").
     fn read_label(&self) -> &'static str;
     fn run(self, ctx: SourceContext) -> impl Future<Output = SourceEnd> + Send;
@@ -91,6 +88,21 @@ impl SourceContext {
         .await
     }
 
+    /// Queues feed state changes behind every bar sent before them (see `Transition`).
+    pub async fn change(&self, changes: Vec<FeedChange>) -> Result<(), PipelineClosed> {
+        self.send(Chunk::changes(changes)).await
+    }
+
+    /// One feed of a load failed: shown at once, and it ends `error` whatever else loads.
+    pub async fn failed(&self, feed: &Feed, error: &str) -> Result<(), PipelineClosed> {
+        self.feeds.failed(feed, error);
+        self.change(vec![FeedChange {
+            feed: feed.clone(),
+            to: Transition::Failed(error.to_string()),
+        }])
+        .await
+    }
+
     /// Resolves once every bar of `symbol` sent before it (on this queue) is committed: the
     /// barrier rides behind them through the symbol's one writer. None if given up.
     pub async fn committed_through(&self, symbol: &Symbol) -> Option<()> {
@@ -133,28 +145,28 @@ impl SourceContext {
     }
 }
 
-/// Each feed's outcome, kept by the source as it goes and applied by the driver at the end.
+/// Each feed's outcome, kept by the sources as they go and queued by the driver at the end.
 #[derive(Clone, Default)]
 pub struct FeedTracker {
-    outcomes: Arc<Mutex<HashMap<Symbol, Option<String>>>>,
+    outcomes: Arc<Mutex<HashMap<Feed, Option<String>>>>,
 }
 
 impl FeedTracker {
     /// The feed took bars (it ends `completed`, or `idle` if interrupted) unless it failed.
-    pub fn touched(&self, symbol: &Symbol) {
+    pub fn touched(&self, feed: &Feed) {
         if let Ok(mut m) = self.outcomes.lock() {
-            m.entry(symbol.clone()).or_insert(None);
+            m.entry(feed.clone()).or_insert(None);
         }
     }
 
     /// The feed failed: it ends `error` with this message, whatever else loaded it.
-    pub fn failed(&self, symbol: &Symbol, error: &str) {
+    pub fn failed(&self, feed: &Feed, error: &str) {
         if let Ok(mut m) = self.outcomes.lock() {
-            m.insert(symbol.clone(), Some(error.to_string()));
+            m.insert(feed.clone(), Some(error.to_string()));
         }
     }
 
-    fn take(&self) -> HashMap<Symbol, Option<String>> {
+    fn take(&self) -> HashMap<Feed, Option<String>> {
         self.outcomes
             .lock()
             .map(|mut m| std::mem::take(&mut *m))
@@ -227,10 +239,11 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Runs `source` through the pipeline to the end (see the module's doc).
+/// Runs `sources` side by side through one pipeline to the end (see the module's doc). The
+/// summary is named after the first.
 pub async fn drive<S: Source>(
     cfg: &Config,
-    source: S,
+    sources: Vec<S>,
     shutdown: &Shutdown,
     show_progress: bool,
 ) -> Result<Summary, DriveError> {
@@ -261,64 +274,94 @@ pub async fn drive<S: Source>(
         config: Arc::new(cfg.clone()),
         show_progress,
     };
-    let (read, feeds) = (ctx.read.clone(), ctx.feeds.clone());
     let mut summary = Summary {
-        what: source.name(),
-        read_label: source.read_label(),
+        what: sources.first().map_or("run", |s| s.name()),
+        read_label: sources.first().map_or("read", |s| s.read_label()),
         ..Summary::default()
     };
-    let (data_source, mode) = (source.data_source(), source.mode());
-    let end = source.run(ctx).await;
-    // The source has returned its context: the queue's last sender is gone with it.
+    let ends =
+        futures_util::future::join_all(sources.into_iter().map(|s| s.run(ctx.clone()))).await;
+    for end in ends {
+        summary.lines.extend(end.lines);
+        summary.failed.extend(end.failed);
+    }
+    summary.interrupted = shutdown.signal();
+    // Each feed's end, behind its last bar. A stop by signal leaves the feeds `idle`.
+    let ending = match summary.interrupted {
+        Some(_) => FeedState::Idle,
+        None => FeedState::Completed,
+    };
+    let outcomes = ctx.feeds.take();
+    let feeds: Vec<Feed> = outcomes.keys().cloned().collect();
+    let changes = outcomes
+        .into_iter()
+        .map(|(feed, error)| FeedChange {
+            feed,
+            to: match error {
+                Some(e) => Transition::Failed(e),
+                None => Transition::Ended(ending, None),
+            },
+        })
+        .collect::<Vec<_>>();
+    let read = ctx.read.clone();
+    if !changes.is_empty() {
+        let abandon = shutdown.abandon_token();
+        tokio::select! {
+            _ = ctx.send(Chunk::changes(changes)) => {}
+            _ = abandon.cancelled() => {}
+        }
+    }
+    // The sources have returned their contexts; this was the queue's last sender.
+    drop(ctx);
     let finished =
         waiting_noted(pipeline.finish(), || "committing what was read".to_string()).await;
     let (counts, noted) = collector.await.unwrap_or_default();
     summary.warnings = noted_warnings(noted, counts.rejected);
-    summary.lines = end.lines;
-    summary.failed = end.failed;
     summary.read = read.load(Ordering::Relaxed);
     summary.counts = counts;
+    // A signal may also have come while the driver waited for the commits.
     summary.interrupted = shutdown.signal();
-    summary.seconds = started.elapsed().as_secs_f64();
-    let outcomes = feeds.take();
-    let fatal = match finished {
-        Ok(_) => None,
+    // The writers are gone without applying the feeds' end: it is applied here, after them
+    // (no bar can follow), to the feeds still `running`.
+    let (fatal, late_end) = match finished {
+        Ok(_) => (None, None),
         Err(PipelineError::Abandoned { uncommitted }) => {
             summary.not_committed = Some(uncommitted);
-            None
+            let why = format!(
+                "{} gave up with {uncommitted} bars not committed",
+                summary.what
+            );
+            (None, Some((FeedState::Idle, why)))
         }
-        Err(e) => Some(e),
+        Err(e) => {
+            let why = format!("{} failed: {e}", summary.what);
+            (Some(e), Some((FeedState::Error, why)))
+        }
     };
-    // A stop by signal leaves the feeds `idle` without an error; giving up or failing says why.
-    let end = match (&fatal, summary.not_committed, summary.interrupted) {
-        (Some(e), _, _) => Ending::Failed(format!("{} failed: {e}", summary.what)),
-        (None, Some(n), _) => Ending::Stopped(Some(format!(
-            "{} gave up with {n} bars not committed",
-            summary.what
-        ))),
-        (None, None, Some(_)) => Ending::Stopped(None),
-        (None, None, None) => Ending::Completed,
-    };
-    let finish = finish_feeds(&pool, data_source, mode, outcomes, end);
-    // Once the run has given up on the database, its final state gets a moment, no more: the
-    // exit must come within the shutdown deadline (the feeds' stretch is a pending gap anyway).
-    let abandon = shutdown.abandon_token();
-    let given_up = async {
-        abandon.cancelled().await;
-        tokio::time::sleep(GIVEN_UP_GRACE).await;
-    };
-    tokio::select! {
-        r = tokio::time::timeout(FINISH_FEEDS_TIMEOUT, finish) => match r {
+    if let Some((state, why)) = late_end {
+        let changes = feeds
+            .into_iter()
+            .map(|feed| FeedChange {
+                feed,
+                to: Transition::Ended(state, Some(why.clone())),
+            })
+            .collect::<Vec<_>>();
+        // Once the run has given up on the database, this gets a moment, no more: the exit
+        // must come within the shutdown deadline.
+        let wait = if shutdown.abandon_token().is_cancelled() {
+            GIVEN_UP_GRACE
+        } else {
+            LATE_END_TIMEOUT
+        };
+        match tokio::time::timeout(wait, crate::pipeline::end_feeds(&pool, &changes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the feeds' final state"),
             Err(_) => {
                 tracing::warn!("cannot record the feeds' final state: the database did not answer")
             }
-        },
-        _ = given_up => {
-            tracing::warn!("cannot record the feeds' final state: the database did not answer in time")
         }
     }
+    summary.seconds = started.elapsed().as_secs_f64();
     match fatal {
         Some(e) => Err(DriveError::Pipeline(e)),
         None => Ok(summary),
@@ -352,40 +395,6 @@ fn noted_warnings(mut noted: Vec<String>, rejected: u64) -> Vec<String> {
         ));
     }
     noted
-}
-
-/// How a run ended, for its feeds.
-enum Ending {
-    Completed,
-    /// Stopped early (a signal), with why when it is worth recording.
-    Stopped(Option<String>),
-    Failed(String),
-}
-
-/// Moves the run's feeds out of `running`: failed ones to `error` with their message, the rest
-/// to `completed`, or `idle` when stopped early, or `error` when the run itself failed.
-async fn finish_feeds(
-    pool: &Pool,
-    source: DataSource,
-    mode: Mode,
-    outcomes: HashMap<Symbol, Option<String>>,
-    end: Ending,
-) -> Result<(), DbError> {
-    let client = db::get(pool).await?;
-    let mut groups: HashMap<(FeedState, Option<String>), Vec<Symbol>> = HashMap::new();
-    for (symbol, error) in outcomes {
-        let key = match (error, &end) {
-            (Some(e), _) => (FeedState::Error, Some(e)),
-            (None, Ending::Failed(e)) => (FeedState::Error, Some(e.clone())),
-            (None, Ending::Stopped(why)) => (FeedState::Idle, why.clone()),
-            (None, Ending::Completed) => (FeedState::Completed, None),
-        };
-        groups.entry(key).or_default().push(symbol);
-    }
-    for ((state, error), symbols) in groups {
-        db::status::finish_feeds(&client, source, mode, &symbols, state, error.as_deref()).await?;
-    }
-    Ok(())
 }
 
 /// Awaits `fut`; while it is blocked for long, logs what it waits for and since when.

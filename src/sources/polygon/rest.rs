@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use url::Url;
@@ -15,6 +16,7 @@ use super::decode::{decode_aggs, error_message, AggsPage, DecodeError};
 use crate::config::{PolygonConfig, Secret};
 use crate::domain::{Symbol, Timeframe};
 use crate::sources::http::{Blame, Body, HttpError, HttpSource, RetryPolicy};
+use crate::sources::{window_text, FetchError, History, Page, Pages};
 
 const VENDOR: &str = "polygon";
 /// Polygon's largest page: `decode::MAX_RESULTS`.
@@ -43,19 +45,6 @@ pub enum PolygonError {
         window: String,
         reason: String,
     },
-    /// The vendor sent bars for the window, and none could be stored.
-    #[error("polygon {symbol} {window}: none of the {refused} bars received could be stored (see data_quality_logs); the window stays pending")]
-    AllRefused {
-        symbol: Symbol,
-        window: String,
-        refused: u64,
-    },
-}
-
-/// `2024-01-02T14:30:00Z..2024-01-31T23:59:59Z`: a window as errors name it.
-pub fn window_text(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
-    let f = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-    format!("{}..{}", f(from), f(to))
 }
 
 /// 401 means the key, whatever the symbol; 403 means the plan, which may depend on the range.
@@ -82,8 +71,7 @@ impl PolygonError {
             PolygonError::Http(e) => e.blame(),
             PolygonError::Decode { .. }
             | PolygonError::NextUrl { .. }
-            | PolygonError::Chain { .. }
-            | PolygonError::AllRefused { .. } => Blame::Request,
+            | PolygonError::Chain { .. } => Blame::Request,
         }
     }
 
@@ -92,6 +80,58 @@ impl PolygonError {
             PolygonError::Http(e) => e.status(),
             _ => None,
         }
+    }
+}
+
+impl From<PolygonError> for FetchError {
+    fn from(e: PolygonError) -> FetchError {
+        FetchError {
+            message: e.to_string(),
+            blame: e.blame(),
+            // Polygon answers 404 for a ticker it does not know, whatever the window.
+            unknown_symbol: e.status().map(|s| s.as_u16()) == Some(404),
+        }
+    }
+}
+
+impl History for PolygonRest {
+    /// A window holds at most 50,000 base aggregates (Polygon's `limit` counts minutes for
+    /// every intraday timeframe), so one page can hold a whole window even if the vendor
+    /// stopped sending `next_url`: 30 days are 43,200 minutes. Daily bars: 52 weeks.
+    fn window_len(&self, timeframe: Timeframe) -> chrono::Duration {
+        match timeframe {
+            Timeframe::D1 => chrono::Duration::weeks(52),
+            _ => chrono::Duration::days(30),
+        }
+    }
+
+    fn pages(
+        &self,
+        symbol: &Symbol,
+        timeframe: Timeframe,
+        from: DateTime<Utc>,
+        to_inclusive: DateTime<Utc>,
+    ) -> Box<dyn Pages> {
+        Box::new(PolygonRest::pages(
+            self,
+            symbol,
+            timeframe,
+            from,
+            to_inclusive,
+        ))
+    }
+}
+
+impl Pages for Pager {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Page>, FetchError>> {
+        Box::pin(async move {
+            let page = Pager::next(self).await?;
+            Ok(page.map(|p| Page {
+                bars: p.bars,
+                rejections: p.rejections,
+                settled: !p.delayed,
+            }))
+        })
     }
 }
 

@@ -30,6 +30,7 @@ use crate::config::{PolygonConfig, Secret};
 use crate::domain::{parse_decimal, Bar, DataSource, Symbol, Timeframe};
 use crate::ingest::Rejection;
 use crate::sources::ws::{Inbound, Protocol, Refusal, RefusalKind, SessionConfig, Status};
+use crate::sources::Item;
 use crate::text::excerpt;
 
 const VENDOR: &str = "polygon";
@@ -164,7 +165,7 @@ fn scrub(text: &str, key: &Secret) -> String {
 }
 
 impl Protocol for PolygonStream {
-    type Data = PolygonEvent;
+    type Data = Item;
 
     fn vendor(&self) -> &'static str {
         VENDOR
@@ -184,16 +185,16 @@ impl Protocol for PolygonStream {
         subscribe_messages(&self.symbols)
     }
 
-    fn decode(&self, frame: &str) -> Vec<Inbound<PolygonEvent>> {
+    fn decode(&self, frame: &str) -> Vec<Inbound<Item>> {
         decode_frame(frame)
             .into_iter()
             .map(|e| match e {
                 PolygonEvent::Status(s) => Inbound::Status(self.classify(s)),
                 // A rejected event quotes the frame, which may echo the key.
                 PolygonEvent::Rejected(r) => {
-                    Inbound::Data(PolygonEvent::Rejected(r.scrubbed(|t| scrub(t, &self.key))))
+                    Inbound::Data(Item::Rejected(r.scrubbed(|t| scrub(t, &self.key))))
                 }
-                other => Inbound::Data(other),
+                PolygonEvent::Bar(b) => Inbound::Data(Item::Bar(b)),
             })
             .collect()
     }
@@ -614,7 +615,7 @@ mod tests {
             p.subscribe_messages(),
             [r#"{"action":"subscribe","params":"AM.AAPL,AM.MSFT"}"#]
         );
-        let classified: Vec<Inbound<PolygonEvent>> = p.decode(REFUSALS);
+        let classified: Vec<Inbound<Item>> = p.decode(REFUSALS);
         let statuses: Vec<&Status> = classified
             .iter()
             .map(|i| match i {
