@@ -572,3 +572,76 @@ async fn a_full_queue_holds_producers_back() {
         Err(mdingest::pipeline::PipelineError::Abandoned { uncommitted: 10 })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_error_holds_until_a_bar_sent_after_it_commits() {
+    use mdingest::domain::{DataSource, Timeframe};
+    use mdingest::ingest::{Feed, FeedChange, Transition};
+    let db = TestDb::migrated("one_owner").await;
+    let feed = Feed {
+        source: DataSource::Polygon,
+        symbol: "AAPL".parse().unwrap(),
+        mode: Mode::Stream,
+        timeframe: Timeframe::M1,
+    };
+    let change = |to: Transition| {
+        Chunk::changes(vec![FeedChange {
+            feed: feed.clone(),
+            to,
+        }])
+    };
+    let state = || async {
+        db.column::<String>(
+            "SELECT state || ' ' || coalesce(last_error, '-') || ' ' || rows_written
+             FROM data_ingestion.ingestion_status",
+        )
+        .await
+    };
+    // One long-lived batch would hold all of it: bars, then the refusal, then the end.
+    let slow = "[pipeline]\nwriters = 1\nbatch_max_age_ms = 60000\nbatch_max_rows = 10000\n";
+    let p = start(&db, slow);
+    let q = p.queue();
+    drop(send(&q, vec![bar("AAPL", minute(14, 30), "185", 10)]).await);
+    q.send(change(Transition::Failed("refused".into())))
+        .await
+        .unwrap();
+    q.send(change(Transition::Ended(
+        mdingest::domain::FeedState::Completed,
+        None,
+    )))
+    .await
+    .unwrap();
+    drop(q);
+    p.finish().await.unwrap();
+    // The bar queued before the refusal committed first: the refusal stands.
+    assert_eq!(state().await, ["error refused 1"]);
+
+    // A bar sent after the error, in the same batch: running again.
+    let p = start(&db, slow);
+    let q = p.queue();
+    q.send(change(Transition::Failed("again".into())))
+        .await
+        .unwrap();
+    drop(send(&q, vec![bar("AAPL", minute(14, 31), "185", 10)]).await);
+    drop(q);
+    p.finish().await.unwrap();
+    assert_eq!(state().await, ["running again 2"]);
+
+    // The database frozen while bars and then a refusal wait: once it answers, the order holds.
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE data_ingestion.market_data IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let p = start(&db, "[pipeline]\nwriters = 2\nbatch_max_age_ms = 50\n");
+    let q = p.queue();
+    drop(send(&q, vec![bar("AAPL", minute(14, 32), "185", 10)]).await);
+    q.send(change(Transition::Failed("refused while frozen".into())))
+        .await
+        .unwrap();
+    drop(q);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    p.finish().await.unwrap();
+    assert_eq!(state().await, ["error refused while frozen 3"]);
+}
