@@ -294,6 +294,10 @@ async fn plan(
 
 /// Database errors a worker rides out (a reset, a failover) before it gives up.
 const WORKER_DB_RETRIES: u32 = 5;
+const WORKER_DB_RETRY: crate::backoff::Backoff = crate::backoff::Backoff::new(
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(32),
+);
 
 /// Claims and works tasks until none is left, the run stops, or a failure stops every worker.
 /// Its session is its own, outside the pool (whose connections the writers need): the claims
@@ -301,12 +305,13 @@ const WORKER_DB_RETRIES: u32 = 5;
 /// database error costs the session (its task is then free too) and is retried on a new one.
 async fn worker(shared: Arc<Shared>) -> Result<(), DbError> {
     let mut failures = 0;
+    let mut waits = WORKER_DB_RETRY.waits();
     loop {
         match work_tasks(&shared).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retriable() && failures < WORKER_DB_RETRIES => {
                 failures += 1;
-                let wait = std::time::Duration::from_secs(1 << failures);
+                let wait = waits.next_wait();
                 tracing::warn!(error = %e, retry_in = ?wait, "backfill worker lost the database; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

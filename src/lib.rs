@@ -4,6 +4,7 @@
 //! operator's view and `pipeline` for the write path.
 
 pub mod backfill;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod db;

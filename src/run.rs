@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use crate::backfill::{feed_of, fetch_task, with_lease};
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::db::backfill as queue;
 use crate::db::{self, DbError};
@@ -37,7 +38,8 @@ use crate::sources::{window_text, Item, Live, SourceError, Vendor};
 
 /// How often a database outage at start is logged.
 const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The daemon's waits for the database (at start, for its gaps, in the gap workers).
+const DB_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -274,8 +276,9 @@ impl LiveFeed {
         let v = &self.vendor;
         let default_from =
             at - chrono::Duration::from_std(self.lookback).unwrap_or(chrono::Duration::days(1));
-        let mut wait = Duration::from_millis(500);
+        let mut waits = DB_RETRY.waits();
         loop {
+            let wait = waits.next_wait();
             let recorded = async {
                 let client = db::get(ctx.pool()).await?;
                 queue::record_gaps(&client, v.source, v.timeframe, &v.symbols, default_from, at)
@@ -293,7 +296,6 @@ impl LiveFeed {
                 _ = tokio::time::sleep(wait) => {}
                 _ = ctx.stop().cancelled() => return false,
             }
-            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 }
@@ -316,8 +318,9 @@ impl GapFill {
     /// (the claim belongs to it: if the process dies, the gap is free at once); a database
     /// error costs the session and is retried on a new one.
     async fn worker(self: Arc<Self>) {
-        let mut wait = Duration::from_secs(1);
+        let mut waits = DB_RETRY.waits();
         while !self.ctx.stop().is_cancelled() {
+            let wait = waits.next_wait();
             match self.fill_gaps().await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, retry_in = ?wait,
@@ -327,7 +330,6 @@ impl GapFill {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.ctx.stop().cancelled() => return,
             }
-            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 
@@ -446,7 +448,7 @@ fn split(
 pub async fn wait_for_database(cfg: &Config, shutdown: &Shutdown) -> Result<bool, RunError> {
     let pool = db::pool(&cfg.database)?;
     let shown = cfg.database.url.redacted();
-    let mut wait = Duration::from_secs(1);
+    let mut waits = DB_RETRY.waits();
     let mut last_log: Option<Instant> = None;
     let since = Utc::now();
     let stop = shutdown.stop_token();
@@ -475,10 +477,9 @@ pub async fn wait_for_database(cfg: &Config, shutdown: &Shutdown) -> Result<bool
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(waits.next_wait()) => {}
             _ = stop.cancelled() => return Ok(false),
         }
-        wait = (wait * 2).min(RETRY_MAX);
     }
 }
 

@@ -213,14 +213,9 @@ fn commit<'a>(
     })
 }
 
-/// Capped exponential backoff with jitter, forever. backon's jitter adds up to one more delay
-/// on top of the capped one, so the cap given to it is half of `RETRY_MAX`.
+/// Capped exponential backoff with jitter, forever.
 fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN / 2)
-        .with_max_delay(RETRY_MAX / 2)
-        .with_jitter()
-        .without_max_times()
+    crate::backoff::Backoff::new(RETRY_MIN, RETRY_MAX).builder()
 }
 
 /// Finds what the database refused. The quality-log rows are tried apart from the bars; the

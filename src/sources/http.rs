@@ -13,7 +13,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -76,14 +75,7 @@ impl RetryPolicy {
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> {
-        // backon's jitter adds up to one more delay, so the exponential part is capped at half.
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay / 2)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        crate::backoff::Backoff::new(self.min_delay, self.max_delay).waits()
     }
 }
 

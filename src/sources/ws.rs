@@ -35,7 +35,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use crate::backoff::{Backoff, Waits};
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -265,24 +265,17 @@ impl Default for BackoffPolicy {
 }
 
 impl BackoffPolicy {
-    fn exponential(min: Duration, max: Duration) -> ExponentialBackoff {
-        // backon's jitter adds up to one more delay, so the exponential part is capped at half.
-        ExponentialBuilder::default()
-            .with_min_delay(min)
-            .with_max_delay((max / 2).max(min))
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
+    fn exponential(min: Duration, max: Duration) -> Waits {
+        Backoff::new(min, max.max(min * 2)).waits()
     }
 }
 
 /// The three backoffs of one session, reset together after a connection that lived.
 struct Backoffs {
     policy: BackoffPolicy,
-    transient: ExponentialBackoff,
-    account: ExponentialBackoff,
-    limit: ExponentialBackoff,
+    transient: Waits,
+    account: Waits,
+    limit: Waits,
 }
 
 impl Backoffs {
