@@ -155,6 +155,9 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::CheckConfig | Command::Run | Command::Backfill { .. }
     ) {
         cfg.check_credentials()?;
+        // An enabled source this build cannot run, or whose section cannot be used, is named
+        // now, not skipped.
+        crate::sources::enabled(&cfg)?;
     }
     match command {
         Command::CheckConfig => {

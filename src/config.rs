@@ -13,6 +13,9 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::domain::{DataSource, Symbol, Timeframe};
+pub use crate::sources::alpaca::config::AlpacaConfig;
+pub use crate::sources::polygon::config::PolygonConfig;
+pub use crate::sources::yahoo::config::YahooConfig;
 
 pub const ENV_PREFIX: &str = "MDINGEST__";
 pub const DEFAULT_CONFIG_PATH: &str = "config/mdingest.toml";
@@ -376,105 +379,12 @@ pub struct SourcesConfig {
     pub yahoo: Option<YahooConfig>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolygonConfig {
-    pub enabled: bool,
-    pub api_key: Secret,
-    pub rest_url: String,
-    pub ws_url: String,
-    #[serde(deserialize_with = "symbol_list")]
-    pub symbols: Vec<Symbol>,
-    pub timeframe: Timeframe,
-    pub stream: bool,
-    pub requests_per_minute: u32,
-    pub stale_after_secs: u64,
-}
-
-impl Default for PolygonConfig {
-    fn default() -> Self {
-        PolygonConfig {
-            enabled: true,
-            api_key: Secret::default(),
-            rest_url: "https://api.polygon.io".into(),
-            ws_url: "wss://socket.polygon.io/stocks".into(),
-            symbols: default_symbols(&["AAPL", "MSFT"]),
-            timeframe: Timeframe::M1,
-            stream: true,
-            requests_per_minute: 5,
-            stale_after_secs: 90,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlpacaConfig {
-    pub enabled: bool,
-    pub key_id: Secret,
-    pub secret_key: Secret,
-    pub rest_url: String,
-    pub ws_url: String,
-    pub feed: String,
-    #[serde(deserialize_with = "symbol_list")]
-    pub symbols: Vec<Symbol>,
-    pub timeframe: Timeframe,
-    pub stream: bool,
-    pub requests_per_minute: u32,
-    pub stale_after_secs: u64,
-}
-
-impl Default for AlpacaConfig {
-    fn default() -> Self {
-        AlpacaConfig {
-            enabled: true,
-            key_id: Secret::default(),
-            secret_key: Secret::default(),
-            rest_url: "https://data.alpaca.markets".into(),
-            ws_url: "wss://stream.data.alpaca.markets/v2/iex".into(),
-            feed: "iex".into(),
-            symbols: default_symbols(&["AAPL"]),
-            timeframe: Timeframe::M1,
-            stream: true,
-            requests_per_minute: 200,
-            stale_after_secs: 90,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct YahooConfig {
-    pub enabled: bool,
-    pub rest_url: String,
-    #[serde(deserialize_with = "symbol_list")]
-    pub symbols: Vec<Symbol>,
-    pub timeframe: Timeframe,
-    pub adjusted: bool,
-    pub poll_interval_secs: u64,
-    pub requests_per_minute: u32,
-}
-
-impl Default for YahooConfig {
-    fn default() -> Self {
-        YahooConfig {
-            enabled: true,
-            rest_url: "https://query1.finance.yahoo.com".into(),
-            symbols: default_symbols(&["AAPL"]),
-            timeframe: Timeframe::D1,
-            adjusted: true,
-            poll_interval_secs: 300,
-            requests_per_minute: 60,
-        }
-    }
-}
-
-fn default_symbols(s: &[&str]) -> Vec<Symbol> {
+pub(crate) fn default_symbols(s: &[&str]) -> Vec<Symbol> {
     s.iter().filter_map(|s| s.parse().ok()).collect()
 }
 
 /// A TOML array, or (handy in an environment variable) one comma-separated string.
-fn symbol_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Symbol>, D::Error> {
+pub(crate) fn symbol_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Symbol>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum List {
@@ -490,6 +400,101 @@ fn symbol_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Symbol>, D::Error>
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<Symbol>().map_err(serde::de::Error::custom))
         .collect()
+}
+
+/// A vendor's section, `sources.<NAME>`, validated beside its vendor (`sources/<vendor>/config.rs`).
+pub trait SourceSection {
+    const NAME: &'static str;
+    /// The vendor's own environment variables and the keys they fill (`POLYGON_API_KEY`).
+    const ENV: &'static [(&'static str, &'static str)] = &[];
+    fn enabled(&self) -> bool;
+    /// Checks serde cannot express; returns the dotted key and the reason.
+    fn validate(&self) -> Result<(), (String, String)>;
+    /// Every credential the vendor needs is set (checked by the commands that talk to it).
+    fn check_credentials(&self) -> Result<(), (String, String)> {
+        Ok(())
+    }
+    /// The credentials by dotted key, to re-read verbatim from the environment.
+    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
+        Vec::new()
+    }
+}
+
+impl SourcesConfig {
+    /// Runs `f` on every configured section.
+    fn each(
+        &self,
+        mut f: impl FnMut(&dyn SectionView) -> Result<(), (String, String)>,
+    ) -> Result<(), (String, String)> {
+        if let Some(s) = &self.polygon {
+            f(s)?;
+        }
+        if let Some(s) = &self.alpaca {
+            f(s)?;
+        }
+        if let Some(s) = &self.yahoo {
+            f(s)?;
+        }
+        Ok(())
+    }
+
+    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
+        let mut out = Vec::new();
+        if let Some(s) = self.polygon.as_mut() {
+            out.extend(s.secrets_mut());
+        }
+        if let Some(s) = self.alpaca.as_mut() {
+            out.extend(s.secrets_mut());
+        }
+        if let Some(s) = self.yahoo.as_mut() {
+            out.extend(s.secrets_mut());
+        }
+        out
+    }
+
+    /// Every vendor's own environment variables: (section, variable, dotted key).
+    fn vendor_vars() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+        let of = |name: &'static str, env: &'static [(&'static str, &'static str)]| {
+            env.iter().map(move |(var, key)| (name, *var, *key))
+        };
+        of(PolygonConfig::NAME, PolygonConfig::ENV)
+            .chain(of(AlpacaConfig::NAME, AlpacaConfig::ENV))
+            .chain(of(YahooConfig::NAME, YahooConfig::ENV))
+    }
+}
+
+/// What `Config` asks of a section without knowing its type.
+trait SectionView {
+    fn enabled(&self) -> bool;
+    fn validate(&self) -> Result<(), (String, String)>;
+    fn check_credentials(&self) -> Result<(), (String, String)>;
+}
+
+impl<T: SourceSection> SectionView for T {
+    fn enabled(&self) -> bool {
+        SourceSection::enabled(self)
+    }
+    fn validate(&self) -> Result<(), (String, String)> {
+        SourceSection::validate(self)
+    }
+    fn check_credentials(&self) -> Result<(), (String, String)> {
+        SourceSection::check_credentials(self)
+    }
+}
+
+/// `v` is within `1..=max`. Upper bounds keep a typo (an extra digit or three) from becoming an
+/// allocation or a timer that cannot be honoured.
+pub(crate) fn within(key: &str, v: u64, max: u64) -> Result<(), (String, String)> {
+    if v == 0 {
+        Err((key.to_string(), "must be greater than 0".into()))
+    } else if v > max {
+        Err((
+            key.to_string(),
+            format!("{v} is larger than the most this accepts ({max})"),
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// The configured timeframe of each data source; `market_data` holds one timeframe per source.
@@ -554,13 +559,8 @@ impl Config {
             fig.find_value(&format!("sources.{section}")).is_ok()
                 || overrides.find_value(&format!("sources.{section}")).is_ok()
         };
-        let vendor_vars: [(&str, &str, &str); 3] = [
-            ("polygon", "POLYGON_API_KEY", "sources.polygon.api_key"),
-            ("alpaca", "APCA_API_KEY_ID", "sources.alpaca.key_id"),
-            ("alpaca", "APCA_API_SECRET_KEY", "sources.alpaca.secret_key"),
-        ];
         let mut vendor = Figment::new();
-        for (section, var, key) in vendor_vars {
+        for (section, var, key) in SourcesConfig::vendor_vars() {
             if configured(section) {
                 vendor = vendor.merge(Env::raw().only(&[var]).map(move |_| key.into()));
             }
@@ -591,17 +591,9 @@ impl Config {
             let var = describe_key(fig, dotted);
             std::env::var(var).ok()
         };
-        if let Some(p) = self.sources.polygon.as_mut() {
-            if let Some(v) = raw("sources.polygon.api_key") {
-                p.api_key = Secret(v);
-            }
-        }
-        if let Some(a) = self.sources.alpaca.as_mut() {
-            if let Some(v) = raw("sources.alpaca.key_id") {
-                a.key_id = Secret(v);
-            }
-            if let Some(v) = raw("sources.alpaca.secret_key") {
-                a.secret_key = Secret(v);
+        for (key, secret) in self.sources.secrets_mut() {
+            if let Some(v) = raw(key) {
+                *secret = Secret(v);
             }
         }
     }
@@ -627,38 +619,15 @@ impl Config {
     /// (`run`, `backfill`, `check-config`), not by `migrate`, `status` or `import`, which need
     /// none: a machine that only migrates has no business holding a vendor's key.
     pub fn check_credentials(&self) -> Result<(), ConfigError> {
-        let missing = |key: &str, reason: String| {
-            Err(ConfigError::Invalid {
-                key: key.to_string(),
-                reason,
-            })
-        };
-        if let Some(p) = self.sources.polygon.as_ref().filter(|p| p.enabled) {
-            if !p.api_key.is_set() {
-                return missing(
-                    "sources.polygon.api_key",
-                    "polygon is enabled but has no API key (set it, or POLYGON_API_KEY, or enabled = false)".into(),
-                );
-            }
-        }
-        if let Some(a) = self.sources.alpaca.as_ref().filter(|a| a.enabled) {
-            for (key, secret, var) in [
-                ("sources.alpaca.key_id", &a.key_id, "APCA_API_KEY_ID"),
-                (
-                    "sources.alpaca.secret_key",
-                    &a.secret_key,
-                    "APCA_API_SECRET_KEY",
-                ),
-            ] {
-                if !secret.is_set() {
-                    return missing(
-                        key,
-                        format!("alpaca is enabled but this credential is empty (set it, or {var}, or enabled = false)"),
-                    );
+        self.sources
+            .each(|s| {
+                if s.enabled() {
+                    s.check_credentials()
+                } else {
+                    Ok(())
                 }
-            }
-        }
-        Ok(())
+            })
+            .map_err(|(key, reason)| ConfigError::Invalid { key, reason })
     }
 
     /// The resolved configuration as TOML, every secret redacted (`check-config`).
@@ -669,20 +638,6 @@ impl Config {
     /// Checks that serde cannot express; returns the dotted key and the reason.
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, reason: String| Err((key.to_string(), reason));
-        // Upper bounds keep a typo (an extra digit or three) from becoming an allocation or a
-        // timer that cannot be honoured.
-        let within = |key: &str, v: u64, max: u64| {
-            if v == 0 {
-                bad(key, "must be greater than 0".into())
-            } else if v > max {
-                bad(
-                    key,
-                    format!("{v} is larger than the most this accepts ({max})"),
-                )
-            } else {
-                Ok(())
-            }
-        };
         if self.service.name.trim().is_empty() {
             return bad("service.name", "must not be empty".into());
         }
@@ -756,67 +711,11 @@ impl Config {
                 format!("{:?} is not an address:port", self.metrics.listen),
             );
         }
-        if let Some(p) = &self.sources.polygon {
-            check_url("sources.polygon.rest_url", &p.rest_url, &["http", "https"])?;
-            check_url("sources.polygon.ws_url", &p.ws_url, &["ws", "wss"])?;
-            within(
-                "sources.polygon.requests_per_minute",
-                p.requests_per_minute.into(),
-                100_000,
-            )?;
-            within(
-                "sources.polygon.stale_after_secs",
-                p.stale_after_secs,
-                86_400,
-            )?;
-            if p.enabled {
-                check_symbols("sources.polygon.symbols", &p.symbols)?;
-            }
-        }
-        if let Some(a) = &self.sources.alpaca {
-            check_url("sources.alpaca.rest_url", &a.rest_url, &["http", "https"])?;
-            check_url("sources.alpaca.ws_url", &a.ws_url, &["ws", "wss"])?;
-            if !matches!(a.feed.as_str(), "iex" | "sip" | "delayed_sip" | "otc") {
-                return bad(
-                    "sources.alpaca.feed",
-                    format!("{:?} is not iex, sip, delayed_sip or otc", a.feed),
-                );
-            }
-            within(
-                "sources.alpaca.requests_per_minute",
-                a.requests_per_minute.into(),
-                100_000,
-            )?;
-            within(
-                "sources.alpaca.stale_after_secs",
-                a.stale_after_secs,
-                86_400,
-            )?;
-            if a.enabled {
-                check_symbols("sources.alpaca.symbols", &a.symbols)?;
-            }
-        }
-        if let Some(y) = &self.sources.yahoo {
-            check_url("sources.yahoo.rest_url", &y.rest_url, &["http", "https"])?;
-            within(
-                "sources.yahoo.poll_interval_secs",
-                y.poll_interval_secs,
-                86_400,
-            )?;
-            within(
-                "sources.yahoo.requests_per_minute",
-                y.requests_per_minute.into(),
-                100_000,
-            )?;
-            if y.enabled {
-                check_symbols("sources.yahoo.symbols", &y.symbols)?;
-            }
-        }
-        Ok(())
+        self.sources.each(|s| s.validate())
     }
 }
 
-fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), (String, String)> {
+pub(crate) fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), (String, String)> {
     match url::Url::parse(raw) {
         Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
         Ok(u) => Err((
@@ -832,7 +731,7 @@ fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), (String, Stri
     }
 }
 
-fn check_symbols(key: &str, symbols: &[Symbol]) -> Result<(), (String, String)> {
+pub(crate) fn check_symbols(key: &str, symbols: &[Symbol]) -> Result<(), (String, String)> {
     if symbols.is_empty() {
         return Err((
             key.to_string(),
@@ -851,12 +750,9 @@ fn describe_key(fig: &Figment, dotted: &str) -> String {
             format!("{ENV_PREFIX}{}", parts.join("__").to_uppercase())
         }
         // The vendors' own variables, each mapped from one fixed name.
-        Some(md) if md.name.contains("environment") => match dotted {
-            "sources.polygon.api_key" => "POLYGON_API_KEY".into(),
-            "sources.alpaca.key_id" => "APCA_API_KEY_ID".into(),
-            "sources.alpaca.secret_key" => "APCA_API_SECRET_KEY".into(),
-            _ => dotted.to_string(),
-        },
+        Some(md) if md.name.contains("environment") => SourcesConfig::vendor_vars()
+            .find(|(_, _, key)| *key == dotted)
+            .map_or_else(|| dotted.to_string(), |(_, var, _)| var.to_string()),
         Some(md) => match &md.source {
             Some(figment::Source::File(p)) => format!("{dotted} (in {})", p.display()),
             _ => dotted.to_string(),

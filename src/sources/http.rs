@@ -19,7 +19,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{redirect, Response, StatusCode};
 use url::Url;
 
-use crate::config::Secret;
+use crate::config::{Secret, SecretUrl};
 
 /// Largest body read into memory: a full page of 50,000 Polygon bars is about 6 MB.
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
@@ -27,7 +27,8 @@ pub const DEFAULT_MAX_BODY: usize = 32 << 20;
 const ERROR_BODY_MAX: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const USER_AGENT: &str = concat!("mdingest/", env!("CARGO_PKG_VERSION"));
+/// Ours, for vendors that ask us to say who we are (Polygon, Alpaca).
+pub const USER_AGENT: &str = concat!("mdingest/", env!("CARGO_PKG_VERSION"));
 /// A vendor's message quoted in an error stays one short line.
 const MESSAGE_MAX_CHARS: usize = 300;
 /// Same-origin redirects followed before giving up.
@@ -303,22 +304,7 @@ impl HttpSource {
             value.set_sensitive(true);
             headers.push((name.clone(), value));
         }
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .gzip(true)
-            .redirect(same_origin_redirects())
-            .build()
-            .map_err(|e| {
-                HttpError::setup(
-                    vendor,
-                    format!(
-                        "cannot build the HTTP client: {}",
-                        crate::text::one_line(&e.without_url())
-                    ),
-                )
-            })?;
+        let client = build_client(vendor, USER_AGENT, None)?;
         Ok(HttpSource {
             vendor,
             client,
@@ -335,6 +321,17 @@ impl HttpSource {
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
+    }
+
+    /// The vendor's own `User-Agent`, and its proxy (`proxy_url`: HTTP or HTTPS, its password
+    /// never shown).
+    pub fn with_client(
+        mut self,
+        user_agent: &str,
+        proxy: Option<&SecretUrl>,
+    ) -> Result<Self, HttpError> {
+        self.client = build_client(self.vendor, user_agent, proxy)?;
+        Ok(self)
     }
 
     pub fn with_max_body(mut self, bytes: usize) -> Self {
@@ -360,25 +357,26 @@ impl HttpSource {
     /// Cancellation-safe: dropping the future abandons the request (and any wait) and leaves the
     /// source usable.
     pub async fn get(&self, url: &Url, what: &str) -> Result<Vec<u8>, HttpError> {
-        self.get_decoded(url, what, Body::Ok).await
+        self.get_decoded(url, what, |body, _| Body::Ok(body)).await
     }
 
     /// As [`get`](Self::get), then `decode`s the body. A body `decode` cannot read at all (an
     /// HTML page or cut JSON behind a 200) is retried like a body that broke off, before it
-    /// fails. `decode` owns the body: it is gone before the big-body turn is given back.
+    /// fails. `decode` owns the body (it is gone before the big-body turn is given back) and
+    /// sees the response's headers.
     pub async fn get_decoded<T>(
         &self,
         url: &Url,
         what: &str,
-        decode: impl Fn(Vec<u8>) -> Body<T>,
+        decode: impl Fn(Vec<u8>, &HeaderMap) -> Body<T>,
     ) -> Result<T, HttpError> {
         let mut backoff = self.retry.backoff();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             self.limiter.until_ready().await;
-            let decoded = self.attempt(url).await.map(|(body, turn)| {
-                let decoded = decode(body);
+            let decoded = self.attempt(url).await.map(|(body, headers, turn)| {
+                let decoded = decode(body, &headers);
                 drop(turn);
                 decoded
             });
@@ -421,8 +419,9 @@ impl HttpSource {
         }
     }
 
-    /// One request: the body of a 2xx, with the big-body turn it took, if it grew that large.
-    async fn attempt(&self, url: &Url) -> Result<(Vec<u8>, Option<BigTurn>), Failed> {
+    /// One request: the body of a 2xx and its headers, with the big-body turn it took, if it
+    /// grew that large.
+    async fn attempt(&self, url: &Url) -> Result<(Vec<u8>, HeaderMap, Option<BigTurn>), Failed> {
         let mut req = self.client.get(url.clone());
         for (name, value) in self.auth.iter() {
             req = req.header(name, value.clone());
@@ -466,7 +465,7 @@ impl HttpSource {
                     }
                     body.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok((body, turn)),
+                Ok(None) => return Ok((body, std::mem::take(resp.headers_mut()), turn)),
                 Err(e) => return Err(self.transport(e)),
             }
         }
@@ -540,6 +539,34 @@ impl HttpSource {
     }
 }
 
+fn build_client(
+    vendor: &'static str,
+    user_agent: &str,
+    proxy: Option<&SecretUrl>,
+) -> Result<reqwest::Client, HttpError> {
+    let setup = |what: &str, e: reqwest::Error| {
+        HttpError::setup(
+            vendor,
+            format!("{what}: {}", crate::text::one_line(&e.without_url())),
+        )
+    };
+    let mut builder = reqwest::Client::builder()
+        .user_agent(user_agent)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .gzip(true)
+        .redirect(same_origin_redirects());
+    if let Some(p) = proxy {
+        // The error would quote the URL, and with it the proxy's password.
+        let proxy = reqwest::Proxy::all(p.expose())
+            .map_err(|e| setup(&format!("proxy_url {} is not usable", p.redacted()), e))?;
+        builder = builder.proxy(proxy);
+    }
+    builder
+        .build()
+        .map_err(|e| setup("cannot build the HTTP client", e))
+}
+
 /// Redirects are followed only within one origin: an auth header that is not `Authorization`
 /// (Alpaca's `APCA-API-KEY-ID`) would otherwise go to whatever host a redirect names.
 fn same_origin_redirects() -> redirect::Policy {
@@ -566,9 +593,15 @@ fn plain_text(body: &[u8]) -> Option<String> {
     says_something.then(|| crate::text::excerpt(&line, 200))
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date; a date in the past means now.
+/// `Retry-After` as delay-seconds or an HTTP-date; a date in the past means now. Without it,
+/// `X-Ratelimit-Reset` (Alpaca's: when the window resets, in Unix seconds).
 fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let Some(value) = headers.get(RETRY_AFTER) else {
+        let reset = headers.get("x-ratelimit-reset")?.to_str().ok()?.trim();
+        let at = DateTime::from_timestamp(reset.parse::<i64>().ok()?, 0)?;
+        return Some((at - now).to_std().unwrap_or(Duration::ZERO));
+    };
+    let value = value.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

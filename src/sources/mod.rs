@@ -10,10 +10,12 @@
 //! Adding a vendor: its folder (config section, decoder, clients, a `vendor` function building
 //! a [`Vendor`]), one line in [`VENDORS`], and its encoder in the simulator.
 
+pub mod alpaca;
 pub mod driver;
 pub mod http;
 pub mod polygon;
 pub mod ws;
+pub mod yahoo;
 
 use std::sync::Arc;
 

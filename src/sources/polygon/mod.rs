@@ -1,6 +1,7 @@
 //! Polygon (Massive since 2025): the flat files, the REST aggregates client and its pure
 //! decoder. The stream joins them with the `run` daemon.
 
+pub mod config;
 pub mod decode;
 pub mod flatfile;
 pub mod rest;

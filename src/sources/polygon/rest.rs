@@ -176,6 +176,7 @@ impl PolygonRest {
             Secret::new(format!("Bearer {}", cfg.api_key.expose())),
         )];
         let http = HttpSource::new(VENDOR, cfg.requests_per_minute, auth, error_message)
+            .and_then(|h| h.with_client(crate::sources::http::USER_AGENT, cfg.proxy_url.as_ref()))
             .map_err(|e| PolygonError::Setup(e.detail()))?;
         Ok(PolygonRest { http, base })
     }
@@ -343,7 +344,7 @@ impl Pager {
         let decoded = self
             .rest
             .http
-            .get_decoded(&url, symbol.as_str(), |body| {
+            .get_decoded(&url, symbol.as_str(), |body, _| {
                 match decode_aggs(&body, symbol) {
                     Err(e) if e.is_unreadable() => Body::Unreadable(e.to_string()),
                     other => Body::Ok(other),
