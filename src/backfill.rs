@@ -330,60 +330,86 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
         &database.url.redacted(),
     )
     .await?;
+    let most = shared.history.symbols_per_request();
     loop {
         if shared.ctx.stop().is_cancelled() || lock(&shared.fatal).is_some() {
             return Ok(());
         }
         let skip: Vec<Symbol> = lock(&shared.failed).keys().cloned().collect();
-        let Some(task) = queue::claim(&client, &shared.range, &skip).await? else {
+        let tasks = queue::claim(&client, &shared.range, &skip, most).await?;
+        if tasks.is_empty() {
             return Ok(());
-        };
-        match with_lease(&client, &task, work(shared, &task)).await {
-            Ok(Some((bars, settled))) => {
-                queue::finish(&client, &task, bars, settled).await?;
-                let done = shared.tasks_done.fetch_add(1, Ordering::Relaxed) + 1;
-                let fetched = shared.fetched.load(Ordering::Relaxed);
-                let committed = shared.ctx.committed().written();
-                lock(&shared.progress).update(done, || {
-                    format!("{fetched} bars fetched, {committed} committed")
-                });
+        }
+        let work = fetch_tasks(&shared.ctx, &*shared.history, &tasks, &shared.fetched);
+        match with_lease(&client, &tasks, work).await {
+            Ok(Some(ends)) => {
+                for (task, end) in tasks.iter().zip(ends) {
+                    match end {
+                        Ok((bars, settled)) => {
+                            queue::finish(&client, task, bars, settled).await?;
+                            let done = shared.tasks_done.fetch_add(1, Ordering::Relaxed) + 1;
+                            let fetched = shared.fetched.load(Ordering::Relaxed);
+                            let committed = shared.ctx.committed().written();
+                            lock(&shared.progress).update(done, || {
+                                format!("{fetched} bars fetched, {committed} committed")
+                            });
+                        }
+                        Err(e) => task_failed(shared, &client, task, &e).await?,
+                    }
+                }
             }
-            // Stopped, or the database given up: the task stays pending for the next run.
+            // Stopped, or the database given up: the tasks stay pending for the next run.
             Ok(None) => {
-                queue::release(&client, &task, None).await?;
+                for task in &tasks {
+                    queue::release(&client, task, None).await?;
+                }
                 return Ok(());
             }
             Err(e) => {
-                let text = e.to_string();
-                queue::release(&client, &task, Some(&text)).await?;
-                // Shown at once, also for a symbol that failed before its first bar.
-                let _ = shared.ctx.failed(&feed_of(&task), &text).await;
-                match e.blame {
-                    Blame::Account => {
-                        lock(&shared.fatal).get_or_insert(text);
-                        return Ok(());
-                    }
-                    // An unknown ticker: none of its windows will load.
-                    _ if e.unknown_symbol => {
-                        lock(&shared.failed).insert(task.symbol.clone(), text);
-                    }
-                    // This window failed (it is retried by the next run); the symbol's other
-                    // windows go on, and the symbol is reported as failed at the end.
-                    Blame::Request | Blame::Unavailable => {
-                        lock(&shared.window_failures)
-                            .entry(task.symbol.clone())
-                            .or_insert(text);
-                    }
+                for task in &tasks {
+                    task_failed(shared, &client, task, &e).await?;
                 }
             }
         }
     }
 }
 
-/// Runs `work` while renewing the task's lease.
-pub async fn with_lease<T>(
+/// A task's window failed: it stays pending (the next run retries it), its feed shows the
+/// error, and the failure decides what the other workers do.
+async fn task_failed(
+    shared: &Shared,
     client: &tokio_postgres::Client,
     task: &Task,
+    e: &FetchError,
+) -> Result<(), DbError> {
+    let text = e.to_string();
+    queue::release(client, task, Some(&text)).await?;
+    // Shown at once, also for a symbol that failed before its first bar.
+    let _ = shared.ctx.failed(&feed_of(task), &text).await;
+    match e.blame {
+        // Every request would fail alike (the key, the plan): all workers stop.
+        Blame::Account => {
+            lock(&shared.fatal).get_or_insert(text);
+        }
+        // An unknown ticker: none of its windows will load.
+        _ if e.unknown_symbol => {
+            lock(&shared.failed).insert(task.symbol.clone(), text);
+        }
+        // This window failed (it is retried by the next run); the symbol's other windows go
+        // on, and the symbol is reported as failed at the end.
+        Blame::Request | Blame::Unavailable => {
+            lock(&shared.window_failures)
+                .entry(task.symbol.clone())
+                .or_insert(text);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `work` while renewing the tasks' leases.
+pub async fn with_lease<T>(
+    client: &tokio_postgres::Client,
+    tasks: &[Task],
     work: impl std::future::Future<Output = T>,
 ) -> T {
     // A loop of its own, polled beside `work`: a slow renewal never holds up the fetch.
@@ -392,12 +418,14 @@ pub async fn with_lease<T>(
         tick.tick().await;
         loop {
             tick.tick().await;
-            match queue::renew(client, task).await {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(symbol = %task.symbol, window = %task.start,
-                    "a backfill task's lease was lost (another worker may fetch it too; rows are upserted)"),
-                Err(e) => tracing::warn!(error = %e, symbol = %task.symbol,
-                    "cannot renew a backfill task's lease"),
+            for task in tasks {
+                match queue::renew(client, task).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(symbol = %task.symbol, window = %task.start,
+                        "a backfill task's lease was lost (another worker may fetch it too; rows are upserted)"),
+                    Err(e) => tracing::warn!(error = %e, symbol = %task.symbol,
+                        "cannot renew a backfill task's lease"),
+                }
             }
         }
     };
@@ -405,11 +433,6 @@ pub async fn with_lease<T>(
         out = work => out,
         never = renewals => never,
     }
-}
-
-/// Fetches one window and waits until its bars are committed.
-async fn work(shared: &Shared, task: &Task) -> Result<Option<(i64, bool)>, FetchError> {
-    fetch_task(&shared.ctx, &*shared.history, task, &shared.fetched).await
 }
 
 /// The feed a task fills.
@@ -422,65 +445,111 @@ pub fn feed_of(task: &Task) -> Feed {
     }
 }
 
-/// Fetches one task's window (a backfill window or a stream gap) into its feed and waits until
-/// its bars are committed. `Ok(None)` when the run stopped first; `Ok(Some((bars, settled)))`
-/// once committed, `settled` false if a page was not final. A window for which the vendor sent
-/// bars and none could be stored is an error (its quality rows are committed first).
+/// [`fetch_tasks`] for one task.
 pub async fn fetch_task(
     ctx: &SourceContext,
     history: &dyn History,
     task: &Task,
     fetched: &AtomicU64,
 ) -> Result<Option<(i64, bool)>, FetchError> {
+    let ends = fetch_tasks(ctx, history, std::slice::from_ref(task), fetched).await?;
+    match ends.and_then(|e| e.into_iter().next()) {
+        Some(end) => end.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One task's end: its bars and whether every page was settled, or why it failed.
+pub type TaskEnd = Result<(i64, bool), FetchError>;
+
+/// Fetches the tasks' window (one window, one request chain for all their symbols: a backfill
+/// window or a stream gap) into their feeds and waits until its bars are committed. `Ok(None)`
+/// when the run stopped first; `Err` when the chain failed (every task failed alike); else each
+/// task's end, in order. A task for which the vendor sent bars and none could be stored failed
+/// (its quality rows are committed first).
+pub async fn fetch_tasks(
+    ctx: &SourceContext,
+    history: &dyn History,
+    tasks: &[Task],
+    fetched: &AtomicU64,
+) -> Result<Option<Vec<TaskEnd>>, FetchError> {
+    let Some(first) = tasks.first() else {
+        return Ok(Some(Vec::new()));
+    };
     // Nothing exists before 1970 (the grid's first window starts in 1969), and the window's
     // future part has no bars yet (and a simulator would invent them).
-    let from = task.start.max(DateTime::UNIX_EPOCH);
-    let to = (task.end - Duration::milliseconds(1)).min(Utc::now());
+    let from = first.start.max(DateTime::UNIX_EPOCH);
+    let to = (first.end - Duration::milliseconds(1)).min(Utc::now());
+    let symbols: Vec<Symbol> = tasks.iter().map(|t| t.symbol.clone()).collect();
     let mut settled = true;
-    let mut pager = history.pages(&task.symbol, task.timeframe, from, to);
-    let feed = feed_of(task);
-    let (mut bars, mut refused) = (0i64, 0u64);
+    let mut pages = history.pages(&symbols, first.timeframe, from, to);
+    // Per task: bars sent, rows refused.
+    let mut sent: HashMap<&str, (i64, u64)> =
+        symbols.iter().map(|s| (s.as_str(), (0, 0))).collect();
     loop {
         let page = tokio::select! {
-            p = pager.next() => p?,
+            p = pages.next() => p?,
             _ = ctx.stop().cancelled() => return Ok(None),
         };
         let Some(page) = page else { break };
         settled &= page.settled;
         let n = page.bars.len() + page.rejections.len();
-        bars += page.bars.len() as i64;
-        refused += page.rejections.len() as u64;
         fetched.fetch_add(n as u64, Ordering::Relaxed);
         if n == 0 {
             continue;
         }
-        if !page.bars.is_empty() {
-            ctx.feeds().touched(&feed);
+        for b in &page.bars {
+            if let Some(c) = sent.get_mut(b.symbol.as_str()) {
+                if c.0 == 0 {
+                    ctx.feeds().touched(&Feed {
+                        symbol: b.symbol.clone(),
+                        ..feed_of(first)
+                    });
+                }
+                c.0 += 1;
+            }
         }
-        let chunk = Chunk::new(task.mode, page.bars, page.rejections);
+        for r in &page.rejections {
+            if let Some(c) = r.symbol.as_deref().and_then(|s| sent.get_mut(s)) {
+                c.1 += 1;
+            }
+        }
+        let chunk = Chunk::new(first.mode, page.bars, page.rejections);
         if ctx.send(chunk).await.is_err() {
             return Ok(None);
         }
     }
     // Done only once every bar of the window is committed.
-    let committed = driver::waiting_noted(ctx.committed_through(&task.symbol), || {
-        format!("committing {} bars of {}", bars, task.symbol)
+    let barriers = join_all(symbols.iter().map(|s| ctx.committed_through(s)));
+    let committed = driver::waiting_noted(barriers, || {
+        format!(
+            "committing the bars of {} {}",
+            first.source,
+            window_text(from, to)
+        )
     });
-    if committed.await.is_none() {
+    if committed.await.iter().any(Option::is_none) {
         return Ok(None);
     }
-    if bars == 0 && refused > 0 {
-        return Err(FetchError::new(
-            format!(
-                "{} {} {}: none of the {refused} bars received could be stored (see data_quality_logs); the window stays pending",
-                task.source,
-                task.symbol,
-                window_text(from, to)
-            ),
-            Blame::Request,
-        ));
-    }
-    Ok(Some((bars, settled)))
+    let ends = tasks
+        .iter()
+        .map(|task| {
+            let (bars, refused) = sent.get(task.symbol.as_str()).copied().unwrap_or_default();
+            if bars == 0 && refused > 0 {
+                return Err(FetchError::new(
+                    format!(
+                        "{} {} {}: none of the {refused} bars received could be stored (see data_quality_logs); the window stays pending",
+                        task.source,
+                        task.symbol,
+                        window_text(from, to)
+                    ),
+                    Blame::Request,
+                ));
+            }
+            Ok((bars, settled))
+        })
+        .collect();
+    Ok(Some(ends))
 }
 
 #[cfg(test)]

@@ -357,7 +357,7 @@ impl GapFill {
             };
             let window = window_text(task.start, task.end);
             let work = fetch_task(&self.ctx, &*v.history, &task, &self.fetched);
-            match with_lease(&client, &task, work).await {
+            match with_lease(&client, std::slice::from_ref(&task), work).await {
                 Ok(Some((bars, settled))) => {
                     let done = queue::finish(&client, &task, bars, settled).await?;
                     tracing::info!(symbol = %task.symbol, bars, done, "gap-filled {window}");

@@ -126,34 +126,47 @@ pub async fn counts(client: &Client, range: &Range) -> Result<Counts, DbError> {
     })
 }
 
-/// Claims the next free pending task of the range, skipping `skip` symbols (failed this run).
-/// Free: never claimed, its lease run out, or its claiming session gone (the process died).
-/// The claim belongs to `client`'s session, which the worker keeps until the task ends.
+/// Claims free pending tasks of the range for one window: the oldest free window's, up to
+/// `most` symbols of it (a vendor that serves many symbols per request fetches them together),
+/// skipping `skip` symbols (failed this run). Free: never claimed, its lease run out, or its
+/// claiming session gone (the process died). The claims belong to `client`'s session, which the
+/// worker keeps until the tasks end. Empty when nothing is left.
 pub async fn claim(
     client: &Client,
     range: &Range,
     skip: &[Symbol],
-) -> Result<Option<Task>, DbError> {
+    most: usize,
+) -> Result<Vec<Task>, DbError> {
     let skip: Vec<&str> = skip.iter().map(Symbol::as_str).collect();
     let lease = format!("{} seconds", LEASE.num_seconds());
-    let row = client
-        .query_opt(
-            &format!(
-                "UPDATE data_ingestion.backfill_tasks t
-             SET lease_pid = pg_backend_pid(), lease_until = now() + $7::text::interval,
-                 claimed_at = now(), attempts = attempts + 1, updated_at = now()
-             WHERE (t.data_source, t.symbol, t.timeframe, t.window_start) = (
-                 SELECT data_source, symbol, timeframe, window_start
-                 FROM data_ingestion.backfill_tasks c
-                 WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
+    let most = i64::try_from(most.max(1)).unwrap_or(1);
+    let pending = "data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
                    AND mode = 'backfill'
                    AND NOT (symbol = ANY($6)) AND window_start BETWEEN $4 AND $5
-                   AND state = 'pending' AND (fetched_at IS NULL OR fetched_at < $8)
-                   AND {FREE}
-                 ORDER BY window_start, symbol
-                 LIMIT 1
-                 FOR UPDATE SKIP LOCKED)
-             RETURNING symbol, window_start, window_end"
+                   AND state = 'pending' AND (fetched_at IS NULL OR fetched_at < $8)";
+    let rows = client
+        .query(
+            &format!(
+                "WITH first AS (
+                     SELECT window_start FROM data_ingestion.backfill_tasks c
+                     WHERE {pending} AND {FREE}
+                     ORDER BY window_start, symbol
+                     LIMIT 1
+                     FOR UPDATE SKIP LOCKED),
+                 pick AS (
+                     SELECT symbol FROM data_ingestion.backfill_tasks c
+                     WHERE {pending} AND {FREE}
+                       AND window_start = (SELECT window_start FROM first)
+                     ORDER BY symbol
+                     LIMIT $9
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE data_ingestion.backfill_tasks t
+                 SET lease_pid = pg_backend_pid(), lease_until = now() + $7::text::interval,
+                     claimed_at = now(), attempts = attempts + 1, updated_at = now()
+                 WHERE t.data_source = $1 AND t.timeframe = $2 AND t.mode = 'backfill'
+                   AND t.window_start = (SELECT window_start FROM first)
+                   AND t.symbol IN (SELECT symbol FROM pick)
+                 RETURNING symbol, window_start, window_end"
             ),
             &[
                 &range.source.as_str(),
@@ -164,11 +177,16 @@ pub async fn claim(
                 &skip,
                 &lease,
                 &range.since,
+                &most,
             ],
         )
         .await?;
-    row.map(|r| task_of(&r, range.source, range.timeframe, Mode::Backfill))
-        .transpose()
+    let mut tasks = rows
+        .iter()
+        .map(|r| task_of(r, range.source, range.timeframe, Mode::Backfill))
+        .collect::<Result<Vec<_>, _>>()?;
+    tasks.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+    Ok(tasks)
 }
 
 /// A claimed row (`symbol, window_start, window_end`) as a task.

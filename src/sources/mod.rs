@@ -178,10 +178,17 @@ pub trait History: Send + Sync {
     /// sized to what the vendor's pages hold.
     fn window_len(&self, timeframe: Timeframe) -> chrono::Duration;
 
-    /// The pages of `symbol`'s bars starting in `[from, to_inclusive]`.
+    /// How many symbols one request chain serves (Alpaca: many; Polygon: one). `pages` is
+    /// given at most this many.
+    fn symbols_per_request(&self) -> usize {
+        1
+    }
+
+    /// The pages of `symbols`' bars starting in `[from, to_inclusive]`. Bars of other symbols,
+    /// or outside the range, come as rejections.
     fn pages(
         &self,
-        symbol: &Symbol,
+        symbols: &[Symbol],
         timeframe: Timeframe,
         from: DateTime<Utc>,
         to_inclusive: DateTime<Utc>,

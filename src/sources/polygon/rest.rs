@@ -105,20 +105,37 @@ impl History for PolygonRest {
         }
     }
 
+    /// One symbol: `symbols_per_request` is 1, so the work queue hands over exactly one.
     fn pages(
         &self,
-        symbol: &Symbol,
+        symbols: &[Symbol],
         timeframe: Timeframe,
         from: DateTime<Utc>,
         to_inclusive: DateTime<Utc>,
     ) -> Box<dyn Pages> {
-        Box::new(PolygonRest::pages(
-            self,
-            symbol,
-            timeframe,
-            from,
-            to_inclusive,
-        ))
+        match symbols {
+            [symbol] => Box::new(PolygonRest::pages(
+                self,
+                symbol,
+                timeframe,
+                from,
+                to_inclusive,
+            )),
+            _ => Box::new(NoPages(FetchError::new(
+                format!("polygon: one symbol per request, not {}", symbols.len()),
+                Blame::Account,
+            ))),
+        }
+    }
+}
+
+/// A request that cannot be made: its error, once.
+struct NoPages(FetchError);
+
+impl Pages for NoPages {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Page>, FetchError>> {
+        let e = self.0.clone();
+        Box::pin(async move { Err(e) })
     }
 }
 
