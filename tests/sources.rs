@@ -75,7 +75,7 @@ async fn a_source_this_build_cannot_fetch_is_refused_at_once_by_name() {
         "[sources.polygon]\nenabled = true\napi_key = \"k\"\n",
     );
     let cfg = cfg.to_str().unwrap();
-    for source in ["yahoo_adjusted", "yahoo", "alpaca"] {
+    for source in ["yahoo_adjusted", "yahoo"] {
         let out = mdingest(
             &[
                 "--config",

@@ -54,7 +54,7 @@ pub const VENDORS: &[VendorEntry] = &[
     VendorEntry {
         name: "alpaca",
         sources: &[DataSource::Alpaca],
-        build: None,
+        build: Some(alpaca::vendor),
         enabled: |c| c.sources.alpaca.as_ref().is_some_and(|a| a.enabled),
     },
     VendorEntry {
