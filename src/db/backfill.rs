@@ -144,6 +144,12 @@ pub async fn claim(
                    AND mode = 'backfill'
                    AND NOT (symbol = ANY($6)) AND window_start BETWEEN $4 AND $5
                    AND state = 'pending' AND (fetched_at IS NULL OR fetched_at < $8)";
+    // Claims are taken one at a time (across processes too): two workers claiming at once
+    // would otherwise split one window's symbols between them, doubling the requests. The lock
+    // is the transaction's; the claim's statement then sees every earlier claim committed.
+    client
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7356001)")
+        .await?;
     let rows = client
         .query(
             &format!(
@@ -180,7 +186,17 @@ pub async fn claim(
                 &most,
             ],
         )
-        .await?;
+        .await;
+    let rows = match rows {
+        Ok(rows) => {
+            client.batch_execute("COMMIT").await?;
+            rows
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+    };
     let mut tasks = rows
         .iter()
         .map(|r| task_of(r, range.source, range.timeframe, Mode::Backfill))

@@ -289,6 +289,9 @@ impl Api {
     /// The answer to a well-formed request when no fault intervenes.
     pub(crate) fn answer(&self, req: &Request, id: &str) -> Answer {
         let (path, query) = split_target(&req.target);
+        if path == super::alpaca::PATH {
+            return self.alpaca_bars(req, query);
+        }
         let q = parse_query(query);
         if q.api_key {
             return unauthorized(

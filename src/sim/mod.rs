@@ -15,6 +15,7 @@
 //! ([`Simulator::ws_url`], `src/sim/ws.rs`): its live bars are the same series, so what a client
 //! got from the stream and from REST can be checked against [`series`] together.
 
+mod alpaca;
 mod api;
 mod http;
 mod series;

@@ -345,11 +345,18 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
         let keep_alive = req.keep_alive();
         let fault = lock(&shared.faults).pop_front();
         let id = shared.next_id();
+        let alpaca = super::alpaca::is_alpaca(&req.target);
         let (answer, delivery) = match &fault {
             None | Some(Fault::None) => (answer(&shared, &req, &id).await, Delivery::Whole),
+            Some(Fault::TooManyRequests { retry_after_secs }) if alpaca => (
+                super::alpaca::rate_limited(*retry_after_secs),
+                Delivery::Whole,
+            ),
             Some(Fault::TooManyRequests { retry_after_secs }) => {
                 (api::rate_limited(&id, *retry_after_secs), Delivery::Whole)
             }
+            Some(Fault::ServerError) if alpaca => (super::alpaca::server_error(), Delivery::Whole),
+            Some(Fault::Unauthorized) if alpaca => (super::alpaca::forbidden(), Delivery::Whole),
             Some(Fault::ServerError) => (api::server_error(&id), Delivery::Whole),
             Some(Fault::Html) => (api::html_page(), Delivery::Whole),
             Some(Fault::Unauthorized) => {

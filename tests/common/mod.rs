@@ -401,13 +401,21 @@ pub type Row = (Decimal, Decimal, Decimal, Decimal, i64);
 
 /// Every polygon row of `market_data` by (symbol, epoch ms).
 pub async fn stored_bars(db: &TestDb) -> std::collections::BTreeMap<(String, i64), Row> {
+    stored_bars_of(db, "polygon").await
+}
+
+/// Every row of `source` in `market_data` by (symbol, epoch ms).
+pub async fn stored_bars_of(
+    db: &TestDb,
+    source: &str,
+) -> std::collections::BTreeMap<(String, i64), Row> {
     let rows = db
         .client()
         .await
         .query(
             "SELECT symbol, (extract(epoch FROM timestamp) * 1000)::int8, open, high, low, close, volume
-             FROM data_ingestion.market_data WHERE data_source = 'polygon'",
-            &[],
+             FROM data_ingestion.market_data WHERE data_source = $1",
+            &[&source],
         )
         .await
         .unwrap();
