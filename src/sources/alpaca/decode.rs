@@ -68,9 +68,16 @@ impl DecodeError {
     }
 }
 
-/// A bar's fields as Alpaca sends them, REST and stream alike; `null` reads as absent.
+/// A bar's fields as Alpaca sends them, REST and stream alike (a stream message's status
+/// fields too); `null` reads as absent.
 #[derive(Debug, Default, Deserialize)]
 pub struct WireBar<'a> {
+    /// A stream status's text.
+    #[serde(borrow, default)]
+    pub msg: Option<Cow<'a, str>>,
+    /// A stream error's code.
+    #[serde(default)]
+    pub code: Option<i64>,
     /// The stream's message type (`b`, `u`, `d`, `success`, `error`, …).
     #[serde(rename = "T", borrow, default)]
     pub kind: Option<Cow<'a, str>>,
