@@ -701,3 +701,210 @@ async fn memory_stays_bounded_in_bars_under_a_burst_of_big_frames_while_the_data
     assert!(mb < 128.0, "peak RSS {mb:.1} MB");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
 }
+
+/// Polygon streams AAPL and Alpaca MSFT from the same simulator; `polygon_key` lets a test
+/// give Polygon a key the simulator refuses.
+fn two_vendor_config(db: &TestDb, dir: &Path, sim: &Simulator, polygon_key: &str) -> PathBuf {
+    db.config_file(
+        dir,
+        &format!(
+            "[service]\ngap_fill_lookback_secs = 60\nshutdown_timeout_secs = 10\n\
+             stream_max_bar_age_secs = 864000\n\
+             [sources.polygon]\napi_key = \"{polygon_key}\"\nrest_url = \"{rest}\"\nws_url = \"{ws}\"\n\
+             symbols = [\"AAPL\"]\ntimeframe = \"1m\"\nrequests_per_minute = 6000\nstale_after_secs = 5\n\
+             [sources.alpaca]\nkey_id = \"{KEY}\"\nsecret_key = \"{KEY}\"\nrest_url = \"{rest}\"\n\
+             ws_url = \"{alpaca_ws}\"\nsymbols = [\"MSFT\"]\ntimeframe = \"1m\"\n\
+             requests_per_minute = 6000\nstale_after_secs = 5\n",
+            rest = sim.base_url(),
+            ws = sim.ws_url(),
+            alpaca_ws = sim.alpaca_ws_url(),
+        ),
+    )
+}
+
+/// Alpaca alone, streaming AAPL and MSFT.
+fn alpaca_config(db: &TestDb, dir: &Path, sim: &Simulator) -> PathBuf {
+    db.config_file(
+        dir,
+        &format!(
+            "[service]\ngap_fill_lookback_secs = 60\nshutdown_timeout_secs = 10\n\
+             stream_max_bar_age_secs = 864000\n\
+             [sources.alpaca]\nkey_id = \"{KEY}\"\nsecret_key = \"{KEY}\"\nrest_url = \"{}\"\n\
+             ws_url = \"{}\"\nsymbols = [\"AAPL\", \"MSFT\"]\ntimeframe = \"1m\"\n\
+             requests_per_minute = 6000\nstale_after_secs = 5\n",
+            sim.base_url(),
+            sim.alpaca_ws_url(),
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polygon_and_alpaca_stream_at_once_and_both_series_land_exactly() {
+    let db = TestDb::migrated("run_two").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 4.0,
+            // Corrections: Polygon's bar again, Alpaca's `u` after its `b`.
+            rebroadcast_every: Some(3),
+            // Whichever connects first is cut, reconnects and gap-fills.
+            faults: vec![WsFault::DisconnectAfterFrames(8)],
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_vendor_config(&db, dir.path(), &sim, KEY);
+    let child = spawn_mdingest(&run_args(&cfg));
+    let polygon = series_rows(&["AAPL"], from, to);
+    let alpaca = series_rows(&["MSFT"], from, to);
+    wait_until("both series stored", 60, async || {
+        stored_bars_of(&db, "polygon").await.len() >= polygon.len()
+            && stored_bars_of(&db, "alpaca").await.len() >= alpaca.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars_of(&db, "polygon").await == polygon);
+    assert!(stored_bars_of(&db, "alpaca").await == alpaca);
+    assert!(sim.ws_connections().len() >= 3, "no reconnect happened");
+    let states: Vec<String> = db
+        .column("SELECT data_source || ' ' || symbol || ' ' || mode || ' ' || state FROM data_ingestion.ingestion_status ORDER BY 1")
+        .await;
+    assert_eq!(
+        states,
+        ["alpaca MSFT stream idle", "polygon AAPL stream idle"]
+    );
+    assert!(!out.stderr.contains(KEY) && !out.stdout.contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polygon_refused_never_stops_alpaca_and_its_error_stands() {
+    let db = TestDb::migrated("run_refused_one").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 6.0,
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_vendor_config(&db, dir.path(), &sim, "a-key-polygon-refuses");
+    let child = spawn_mdingest(&run_args(&cfg));
+    let alpaca = series_rows(&["MSFT"], from, to);
+    wait_until("alpaca's series stored", 60, async || {
+        stored_bars_of(&db, "alpaca").await.len() >= alpaca.len()
+    })
+    .await;
+    let polygon_state = "SELECT state || ' ' || coalesce(last_error, '') FROM data_ingestion.ingestion_status WHERE data_source = 'polygon'";
+    let states: Vec<String> = db.column(polygon_state).await;
+    assert_eq!(states.len(), 1);
+    assert!(
+        states[0].starts_with("error ") && states[0].contains("auth_failed"),
+        "{states:?}"
+    );
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars_of(&db, "alpaca").await == alpaca);
+    assert_eq!(stored_bars_of(&db, "polygon").await.len(), 0);
+    // The end of the run leaves Polygon's error standing; Alpaca's feed is idle.
+    let states: Vec<String> = db.column(polygon_state).await;
+    assert!(states[0].starts_with("error "), "{states:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM data_ingestion.ingestion_status WHERE data_source = 'alpaca' AND state = 'idle'").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpaca_connection_limit_backs_off_and_a_bad_key_is_one_clear_error() {
+    let db = TestDb::migrated("run_alpaca_406").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            faults: vec![WsFault::MaxConnections; 10],
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = alpaca_config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_for_count(&db, "SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'error' AND last_error LIKE '%406%connection limit%'", 2, 20).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let attempts = sim.ws_connections();
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // At least 2 s, then 4 s between attempts: no storm that would evict the other session.
+    assert!(attempts.len() <= 3, "{} attempts", attempts.len());
+    for w in attempts.windows(2) {
+        assert!(w[1].at.duration_since(w[0].at) >= Duration::from_millis(1900));
+    }
+    assert!(!out.stderr.contains(KEY));
+
+    // A refused key: `auth failed`, shown on the feeds, retried slowly.
+    let db = TestDb::migrated("run_alpaca_402").await;
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            faults: vec![WsFault::AuthFailed; 10],
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let cfg = alpaca_config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    wait_for_count(&db, "SELECT count(*) FROM data_ingestion.ingestion_status WHERE state = 'error' AND last_error = 'alpaca: 402: auth failed'", 2, 20).await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpaca_slow_client_reconnects_and_the_gap_fill_misses_nothing() {
+    let db = TestDb::migrated("run_alpaca_407").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 4.0,
+            // The first connection is told 407 after a few frames, and closed: the bars that
+            // go live meanwhile come back through the gap-fill.
+            faults: vec![WsFault::SlowClient],
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = alpaca_config(&db, dir.path(), &sim);
+    let child = spawn_mdingest(&run_args(&cfg));
+    let want = expected(from, to);
+    wait_until("every bar stored", 60, async || {
+        stored_bars_of(&db, "alpaca").await.len() >= want.len()
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars_of(&db, "alpaca").await == want);
+    assert!(sim.ws_connections().len() >= 2);
+    // The gap-fill went through Alpaca's REST, keys in headers only.
+    let rest: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.starts_with("/v2/stocks/bars"))
+        .collect();
+    assert!(!rest.is_empty());
+    assert!(rest.iter().all(|r| !r.target.contains(KEY)));
+}

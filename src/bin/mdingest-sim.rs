@@ -1,5 +1,7 @@
-//! `mdingest-sim`: serves the deterministic Polygon aggregates simulator (`mdingest::sim`) on a
-//! loopback port, and Polygon's WebSocket stream on a second one, until SIGINT or SIGTERM.
+//! `mdingest-sim`: serves the deterministic vendor simulator (`mdingest::sim`) on a loopback
+//! port (Polygon's aggregates and Alpaca's bars), and the vendors' WebSocket streams on a second
+//! one (Polygon's at `/stocks`, Alpaca's at `/v2/iex`), until SIGINT or SIGTERM. Alpaca's two
+//! key headers both carry `--api-key`.
 //!
 //! Stdout holds exactly two lines, `mdingest-sim listening on http://127.0.0.1:PORT` then
 //! `mdingest-sim stream on ws://127.0.0.1:PORT/stocks`, so a script or test can start it on port
@@ -23,7 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[command(
     name = "mdingest-sim",
     version,
-    about = "Deterministic Polygon REST aggregates and WebSocket stream simulator (loopback only)",
+    about = "Deterministic Polygon and Alpaca REST and WebSocket stream simulator (loopback only)",
     after_help = "Requests are logged at debug level to stderr: RUST_LOG=debug mdingest-sim"
 )]
 struct Args {

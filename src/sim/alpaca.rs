@@ -289,6 +289,74 @@ fn write_bar(bar: &RawBar, b: &mut Vec<u8>) {
     b.push(b'}');
 }
 
+// ---------------------------------------------------------------------------------------------
+// The stream (`/v2/{feed}`): what `super::ws` sends when a client connects in Alpaca's dialect.
+
+/// Stream paths served in Alpaca's dialect.
+pub(crate) fn is_stream_path(path: &str) -> bool {
+    matches!(path, "/v2/iex" | "/v2/sip" | "/v2/test" | "/v2/delayed_sip")
+}
+
+/// `{"T":"success","msg":…}`.
+pub(crate) fn ws_success(msg: &str) -> String {
+    serde_json::json!({ "T": "success", "msg": msg }).to_string()
+}
+
+/// `{"T":"error","code":…,"msg":…}`.
+pub(crate) fn ws_error(code: u16, msg: &str) -> String {
+    serde_json::json!({ "T": "error", "code": code, "msg": msg }).to_string()
+}
+
+/// The subscription as it stands, Alpaca's confirmation.
+pub(crate) fn ws_subscription(bars: &[&str]) -> String {
+    serde_json::json!({
+        "T": "subscription", "trades": [], "quotes": [], "bars": bars, "updatedBars": bars,
+        "dailyBars": [], "statuses": [], "lulds": [], "corrections": [], "cancelErrors": [],
+    })
+    .to_string()
+}
+
+/// `"S":"AAPL"`, written once per symbol.
+pub(crate) fn ws_sym_json(symbol: &str) -> Vec<u8> {
+    format!("\"S\":{}", serde_json::Value::from(symbol)).into_bytes()
+}
+
+/// `{"T":"b"|"u","S":…,"o":…,"h":…,"l":…,"c":…,"v":…,"t":"…Z","n":…,"vw":…}` with the given
+/// volume and close (a preliminary version differs in both).
+pub(crate) fn write_ws_bar(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    sym_json: &[u8],
+    bar: &RawBar,
+    v: u64,
+    c: i64,
+) {
+    let t = DateTime::from_timestamp_millis(bar.t)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true);
+    buf.extend_from_slice(b"{\"T\":\"");
+    buf.push(kind);
+    buf.extend_from_slice(b"\",");
+    buf.extend_from_slice(sym_json);
+    buf.extend_from_slice(b",\"o\":");
+    push_price(buf, bar.o);
+    buf.extend_from_slice(b",\"h\":");
+    push_price(buf, bar.h);
+    buf.extend_from_slice(b",\"l\":");
+    push_price(buf, bar.l);
+    buf.extend_from_slice(b",\"c\":");
+    push_price(buf, c);
+    buf.extend_from_slice(b",\"v\":");
+    push_u64(buf, v);
+    buf.extend_from_slice(b",\"t\":\"");
+    buf.extend_from_slice(t.as_bytes());
+    buf.extend_from_slice(b"\",\"n\":");
+    push_u64(buf, bar.n.unwrap_or(1));
+    buf.extend_from_slice(b",\"vw\":");
+    push_price(buf, bar.vw);
+    buf.push(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,17 @@
-//! `mdingest-sim`: a deterministic simulator of Polygon's REST aggregates endpoint, for testing
-//! the Polygon adapter (paging, authentication, rate limits, transport failures) without the
-//! network, and for comparing what landed in the database with what exists ([`series`]).
+//! `mdingest-sim`: a deterministic simulator of the vendors' APIs (Polygon's REST aggregates and
+//! stream, Alpaca's REST bars and stream), for testing the adapters (paging, authentication,
+//! rate limits, transport failures) without the network, and for comparing what landed in the
+//! database with what exists ([`series`]). One vendor-neutral layer (the series, the clock, the
+//! faults, the HTTP and WebSocket servers) under one encoder per vendor (`api` for Polygon,
+//! `alpaca` for Alpaca).
 //!
 //! It is a small HTTP/1.1 server on raw tokio rather than a web framework because its point is
 //! the faults: a body cut short of its `Content-Length`, a reset before any byte, a body dribbled
 //! over seconds. Those happen at the byte level, which a framework deliberately hides.
 //!
-//! Only `GET /v2/aggs/ticker/{T}/range/{multiplier}/{timespan}/{from}/{to}` is served, with
-//! Polygon's shapes for bodies and errors. The key must come in `Authorization: Bearer`; the
+//! `GET /v2/aggs/ticker/{T}/range/{multiplier}/{timespan}/{from}/{to}` is served with Polygon's
+//! shapes for bodies and errors, `GET /v2/stocks/bars` with Alpaca's (its two key headers must
+//! both carry the simulator's key). The key must come in `Authorization: Bearer`; the
 //! `apiKey` query parameter is refused, so a client that leaks its key into URLs fails its tests.
 //! The simulator binds loopback addresses only: it serves with a known key.
 //!
@@ -316,6 +320,11 @@ impl Simulator {
     /// `ws://127.0.0.1:PORT/stocks`: Polygon's stocks stream. The key is [`SimConfig::api_key`].
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.ws_addr, ws::PATH)
+    }
+
+    /// The same stream in Alpaca's dialect (`/v2/iex`).
+    pub fn alpaca_ws_url(&self) -> String {
+        format!("ws://{}/v2/iex", self.ws_addr)
     }
 
     pub fn ws_local_addr(&self) -> SocketAddr {

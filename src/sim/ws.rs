@@ -1,5 +1,8 @@
-//! Polygon's WebSocket stream (`wss://socket.polygon.io/stocks`), minute aggregates (`AM.*`)
-//! only, on its own loopback port.
+//! The vendors' WebSocket streams on one loopback port: Polygon's (`/stocks`, minute aggregates
+//! `AM.*` only) and Alpaca's (`/v2/{feed}`, `b` bars and `u` corrections), chosen by the path
+//! the client upgrades on. Connections, pacing, faults and the series are shared; what differs
+//! is the conversation and the encoding (`Dialect`; Alpaca's pieces are in `super::alpaca`).
+//! What follows describes Polygon's; Alpaca's is in `super::alpaca`.
 //!
 //! The conversation is Polygon's: on connect `[{"ev":"status","status":"connected",…}]`; the
 //! client authenticates with `{"action":"auth","params":KEY}` and subscribes with
@@ -32,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{http, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::alpaca;
 use super::api::json_str;
 use super::series::{
     is_weekend, ny_date, ny_day_bounds, ny_ms, push_i64, push_price, push_u64, Generator, Grid,
@@ -66,6 +70,8 @@ const MIXED_STATUS: &str = r#"{"ev":"status","status":"success","message":"subsc
 const MAX_MESSAGE: usize = 1 << 20;
 /// Distinct topics one connection may hold.
 const MAX_TOPICS: usize = 100_000;
+/// Data frames before `WsFault::SlowClient` strikes.
+const SLOW_CLIENT_AFTER_FRAMES: u64 = 6;
 /// A TCP connection that has not completed the upgrade by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A frame the client does not take within this long ends the connection (a client that stopped
@@ -131,13 +137,16 @@ pub enum WsFault {
     /// unanswered) for `for_`; then the connection carries on where it was, sending what became
     /// due meanwhile. A client that gave up and closed finds the connection ended.
     Silence { after_frames: u64, for_: Duration },
-    /// The `auth` message is answered `auth_failed` whatever the key, then the connection is
-    /// closed.
+    /// The `auth` message is answered `auth_failed` (Alpaca: error 402) whatever the key, then
+    /// the connection is closed.
     AuthFailed,
     /// A correct `auth` is answered `auth_success`, then comes the `max_connections` status
-    /// (another connection on the account is open) and the connection is closed. A wrong key
-    /// gets `auth_failed` as usual.
+    /// (Alpaca: error 406; another connection on the account is open) and the connection is
+    /// closed. A wrong key gets `auth_failed` as usual.
     MaxConnections,
+    /// Alpaca's dialect: after a few data frames, error 407 (slow client) and the connection
+    /// is closed. Polygon's: a normal connection.
+    SlowClient,
     /// Right after the subscription is confirmed, one frame of bars nobody asked for: `ZZZZ`
     /// and `Q` (never subscribed) and, for each subscribed symbol, bars stamped 1970-01-01 and
     /// 1969-12-31.
@@ -147,9 +156,9 @@ pub enum WsFault {
 impl FromStr for WsFault {
     type Err = String;
 
-    /// `none`, `disconnect:N`, `silence:N:MS`, `auth`, `maxconn` or `strays`.
+    /// `none`, `disconnect:N`, `silence:N:MS`, `auth`, `maxconn`, `strays` or `slow`.
     fn from_str(s: &str) -> Result<WsFault, String> {
-        let expected = "expected none, disconnect:N, silence:N:MS, auth, maxconn or strays";
+        let expected = "expected none, disconnect:N, silence:N:MS, auth, maxconn, strays or slow";
         let number = |v: &str, what: &str| {
             v.parse::<u64>()
                 .map_err(|_| format!("stream fault {s:?}: {what} must be a whole number"))
@@ -160,6 +169,7 @@ impl FromStr for WsFault {
             ["auth"] => Ok(WsFault::AuthFailed),
             ["maxconn"] => Ok(WsFault::MaxConnections),
             ["strays"] => Ok(WsFault::Strays),
+            ["slow"] => Ok(WsFault::SlowClient),
             ["disconnect", n] => Ok(WsFault::DisconnectAfterFrames(number(n, "N")?)),
             ["silence", n, ms] => Ok(WsFault::Silence {
                 after_frames: number(n, "N")?,
@@ -214,6 +224,8 @@ pub(crate) struct WsShared {
     symbols: Vec<String>,
     /// `"sym":"AAPL"`, written once per symbol rather than escaped per bar.
     sym_json: Vec<Vec<u8>>,
+    /// `"S":"AAPL"`, the same in Alpaca's dialect.
+    alpaca_sym_json: Vec<Vec<u8>>,
     ids: HashMap<String, u32>,
     /// Symbols whose bars are spoiled as `SymbolFault::InconsistentBars` spoils them on REST.
     spoiled: Vec<bool>,
@@ -261,6 +273,7 @@ impl WsShared {
             .iter()
             .map(|s| format!("\"sym\":{}", json_str(s)).into_bytes())
             .collect();
+        let alpaca_sym_json = streamed.iter().map(|s| alpaca::ws_sym_json(s)).collect();
         let live_from = cfg
             .live_from
             .map_or_else(|| default_live_from(now_ms), |d| d.timestamp_millis());
@@ -269,6 +282,7 @@ impl WsShared {
             api_key,
             symbols: streamed,
             sym_json,
+            alpaca_sym_json,
             ids,
             spoiled,
             lo_ms: live_from.max(data_from_ms.unwrap_or(i64::MIN)),
@@ -498,6 +512,21 @@ fn write_am(buf: &mut Vec<u8>, sym_json: &[u8], b: &RawBar, am: &Am) {
     buf.push(b'}');
 }
 
+/// A bar event in the connection's dialect (`kind`: Alpaca's `b` or `u`).
+fn write_event(
+    buf: &mut Vec<u8>,
+    dialect: Dialect,
+    kind: u8,
+    sym_json: &[u8],
+    b: &RawBar,
+    am: &Am,
+) {
+    match dialect {
+        Dialect::Polygon => write_am(buf, sym_json, b, am),
+        Dialect::Alpaca => alpaca::write_ws_bar(buf, kind, sym_json, b, am.v, am.c),
+    }
+}
+
 /// One `status` event.
 fn status(status: &str, message: &str) -> String {
     format!(
@@ -551,6 +580,19 @@ struct Ended;
 type Ws = WebSocketStream<TcpStream>;
 
 #[derive(Deserialize)]
+struct AlpacaMessage {
+    action: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    bars: Option<Vec<String>>,
+    #[serde(default, rename = "updatedBars")]
+    updated_bars: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
 struct ClientMessage {
     action: String,
     #[serde(default)]
@@ -558,6 +600,7 @@ struct ClientMessage {
 }
 
 struct Conn {
+    dialect: Dialect,
     shared: Arc<WsShared>,
     record: usize,
     fault: Option<WsFault>,
@@ -579,14 +622,34 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<WsShared>) {
     .await
 }
 
-/// The upgrade serves `/stocks` only; anything else is a 404, as on Polygon's host.
+/// Whose conversation a connection speaks, by the path it upgraded on: Polygon's `/stocks`, or
+/// Alpaca's `/v2/{feed}`. Both dialects stream the same series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Polygon,
+    Alpaca,
+}
+
+/// The upgrade serves `/stocks` (Polygon) and `/v2/{feed}` (Alpaca); anything else is a 404.
 // tungstenite's `Callback` dictates the error type, large as it is.
 #[allow(clippy::result_large_err)]
-fn route(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
-    if req.uri().path() == PATH {
+fn route(
+    req: &Request,
+    resp: Response,
+    dialect: &mut Option<Dialect>,
+) -> Result<Response, ErrorResponse> {
+    let path = req.uri().path();
+    if path == PATH {
+        *dialect = Some(Dialect::Polygon);
         return Ok(resp);
     }
-    let mut refusal = ErrorResponse::new(Some(format!("not found: the stream is at {PATH}")));
+    if alpaca::is_stream_path(path) {
+        *dialect = Some(Dialect::Alpaca);
+        return Ok(resp);
+    }
+    let mut refusal = ErrorResponse::new(Some(format!(
+        "not found: the stream is at {PATH} (Polygon) or /v2/iex, /v2/sip (Alpaca)"
+    )));
     *refusal.status_mut() = http::StatusCode::NOT_FOUND;
     Err(refusal)
 }
@@ -597,7 +660,11 @@ async fn serve(shared: Arc<WsShared>, stream: TcpStream) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, route, Some(config));
+    let mut dialect = None;
+    // tungstenite's `Callback` dictates the error type, large as it is.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| route(req, resp, &mut dialect);
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
     // Not HTTP, not an upgrade, a wrong path or a client that never finishes: not a connection
     // attempt on the stream, so nothing is recorded and no fault is consumed.
     let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
@@ -608,6 +675,7 @@ async fn serve(shared: Arc<WsShared>, stream: TcpStream) {
         }
         Err(_) => return,
     };
+    let dialect = dialect.unwrap_or(Dialect::Polygon);
     let fault = lock(&shared.faults).pop_front();
     let record = {
         let mut conns = lock(&shared.conns);
@@ -624,6 +692,7 @@ async fn serve(shared: Arc<WsShared>, stream: TcpStream) {
     };
     tracing::debug!(record, fault = ?fault, "sim stream: connection");
     let mut conn = Conn {
+        dialect,
         shared: Arc::clone(&shared),
         record,
         fault,
@@ -644,7 +713,10 @@ async fn serve(shared: Arc<WsShared>, stream: TcpStream) {
 impl Conn {
     async fn run(&mut self, ws: &mut Ws) -> Result<(), Ended> {
         self.checkpoint().await?;
-        let connected = status("connected", "Connected Successfully");
+        let connected = match self.dialect {
+            Dialect::Polygon => status("connected", "Connected Successfully"),
+            Dialect::Alpaca => alpaca::ws_success("connected"),
+        };
         self.send(ws, frame(&[connected]), &[]).await?;
         let mut tick = tokio::time::interval(TICK);
         // After a silence or a slow write, one catch-up tick rather than a burst of them.
@@ -724,6 +796,9 @@ impl Conn {
     }
 
     async fn on_text(&mut self, ws: &mut Ws, text: &str) -> Result<(), Ended> {
+        if self.dialect == Dialect::Alpaca {
+            return self.on_alpaca_text(ws, text).await;
+        }
         let Ok(message) = serde_json::from_str::<ClientMessage>(text) else {
             let e = status(
                 "error",
@@ -774,6 +849,62 @@ impl Conn {
         }
     }
 
+    /// A client message in Alpaca's dialect: `auth` with `key` and `secret` (both the
+    /// simulator's key), then `subscribe` with `bars` and `updatedBars`.
+    async fn on_alpaca_text(&mut self, ws: &mut Ws, text: &str) -> Result<(), Ended> {
+        let Ok(m) = serde_json::from_str::<AlpacaMessage>(text) else {
+            let e = alpaca::ws_error(400, "invalid syntax");
+            return self.send(ws, frame(&[e]), &[]).await;
+        };
+        match m.action.as_str() {
+            "auth" => {
+                let key = self.shared.api_key.as_str();
+                let good = m.key.as_deref() == Some(key) && m.secret.as_deref() == Some(key);
+                if self.fault == Some(WsFault::AuthFailed) || !good {
+                    let e = alpaca::ws_error(402, "auth failed");
+                    return self.refuse(ws, e, "auth failed").await;
+                }
+                self.authenticated = true;
+                self.shared.update(self.record, |r| r.authenticated = true);
+                self.send(ws, frame(&[alpaca::ws_success("authenticated")]), &[])
+                    .await?;
+                if self.fault == Some(WsFault::MaxConnections) {
+                    let e = alpaca::ws_error(406, "connection limit exceeded");
+                    return self.refuse(ws, e, "connection limit exceeded").await;
+                }
+                Ok(())
+            }
+            "subscribe" if !self.authenticated => {
+                let e = alpaca::ws_error(401, "not authenticated");
+                self.send(ws, frame(&[e]), &[]).await
+            }
+            "subscribe" => {
+                // Bars and corrected bars of the same symbols: one topic each here.
+                let mut params: Vec<String> = m.bars.unwrap_or_default();
+                params.extend(m.updated_bars.unwrap_or_default());
+                let topics: Vec<String> = params.iter().map(|s| format!("AM.{s}")).collect();
+                self.subscribe(&topics.join(","));
+                let subscribed: Vec<&str> = self
+                    .topics
+                    .iter()
+                    .filter_map(|t| t.strip_prefix("AM."))
+                    .collect();
+                let reply = alpaca::ws_subscription(&subscribed);
+                self.send(ws, frame(&[reply]), &[]).await?;
+                if self.fault == Some(WsFault::Strays) {
+                    let strays = self.strays();
+                    self.send(ws, frame(&strays), &[]).await?;
+                }
+                Ok(())
+            }
+            other => {
+                let action = crate::text::excerpt(other, 64);
+                let e = alpaca::ws_error(400, &format!("invalid syntax: unknown action {action}"));
+                self.send(ws, frame(&[e]), &[]).await
+            }
+        }
+    }
+
     /// The bars of [`WsFault::Strays`].
     fn strays(&self) -> Vec<String> {
         let now = Utc::now().timestamp_millis();
@@ -797,8 +928,16 @@ impl Conn {
                 a: raw.vw,
             };
             let mut buf = Vec::new();
-            let sym = format!("\"sym\":{}", json_str(sym));
-            write_am(&mut buf, sym.as_bytes(), &raw, &am);
+            match self.dialect {
+                Dialect::Polygon => {
+                    let sym = format!("\"sym\":{}", json_str(sym));
+                    write_am(&mut buf, sym.as_bytes(), &raw, &am);
+                }
+                Dialect::Alpaca => {
+                    let sym = alpaca::ws_sym_json(sym);
+                    alpaca::write_ws_bar(&mut buf, b'b', &sym, &raw, am.v, raw.c);
+                }
+            }
             String::from_utf8(buf).unwrap_or_default()
         };
         let mut out = vec![bar("ZZZZ", recent), bar("Q", recent)];
@@ -909,6 +1048,14 @@ impl Conn {
             };
             self.send(ws, out.text, &out.bars).await?;
         }
+        if self.dialect == Dialect::Alpaca
+            && self.fault == Some(WsFault::SlowClient)
+            && self.data_frames >= SLOW_CLIENT_AFTER_FRAMES
+        {
+            self.fault = None;
+            let e = alpaca::ws_error(407, "slow client");
+            return self.refuse(ws, e, "slow client").await;
+        }
         Ok(())
     }
 
@@ -923,7 +1070,10 @@ impl Conn {
                 buf.push(b',');
             }
         };
-        if self.data_frames % MIXED_STATUS_EVERY == MIXED_STATUS_EVERY - 1 {
+        let dialect = self.dialect;
+        if dialect == Dialect::Polygon
+            && self.data_frames % MIXED_STATUS_EVERY == MIXED_STATUS_EVERY - 1
+        {
             sep(&mut buf);
             buf.extend_from_slice(MIXED_STATUS.as_bytes());
         }
@@ -931,7 +1081,10 @@ impl Conn {
         let mut finals: Vec<(u32, RawBar, Am)> = Vec::new();
         'fill: for (&id, cursor) in &mut self.cursors {
             let symbol = &shared.symbols[id as usize];
-            let sym_json = &shared.sym_json[id as usize];
+            let sym_json = match dialect {
+                Dialect::Polygon => &shared.sym_json[id as usize],
+                Dialect::Alpaca => &shared.alpaca_sym_json[id as usize],
+            };
             while let Some(t) = cursor.due() {
                 if buf.len() >= shared.frame_bytes {
                     break 'fill;
@@ -959,7 +1112,7 @@ impl Conn {
                         a: day.vwap_with(pv, bar.vw),
                     };
                     sep(&mut buf);
-                    write_am(&mut buf, sym_json, &bar, &am);
+                    write_event(&mut buf, dialect, b'b', sym_json, &bar, &am);
                 }
                 let am = Am {
                     v,
@@ -975,14 +1128,19 @@ impl Conn {
                     finals.push((id, bar, am));
                 } else {
                     sep(&mut buf);
-                    write_am(&mut buf, sym_json, &bar, &am);
+                    write_event(&mut buf, dialect, b'b', sym_json, &bar, &am);
                     bars.push((id, t));
                 }
             }
         }
         for (id, bar, am) in finals {
             sep(&mut buf);
-            write_am(&mut buf, &shared.sym_json[id as usize], &bar, &am);
+            // Alpaca sends a bar's correction as `u`.
+            let sym_json = match dialect {
+                Dialect::Polygon => &shared.sym_json[id as usize],
+                Dialect::Alpaca => &shared.alpaca_sym_json[id as usize],
+            };
+            write_event(&mut buf, dialect, b'u', sym_json, &bar, &am);
             bars.push((id, bar.t));
         }
         if bars.is_empty() {
