@@ -54,20 +54,7 @@ fn args<'a>(cfg: &'a Path, symbols: &'a str, from: &'a str, to: &'a str) -> Vec<
 }
 
 async fn run(args: &[&str], env: &[(&str, &str)]) -> Measured {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"));
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("APCA_API_KEY_ID")
-        .env_remove("APCA_API_SECRET_KEY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    tokio::task::spawn_blocking(move || wait_measured(child))
-        .await
-        .unwrap()
+    run_measured(args, env).await
 }
 
 fn instant(s: &str) -> DateTime<Utc> {

@@ -212,6 +212,15 @@ pub trait Live: Send + Sync {
     fn run(&self, events: mpsc::Sender<LiveEvent>, stop: CancellationToken) -> BoxFuture<'_, ()>;
 }
 
+/// A vendor's stream as the daemon runs it: its protocol on a shared [`Session`].
+pub fn live<P: Protocol<Data = Item>>(
+    protocol: P,
+    config: ws::SessionConfig,
+) -> Result<Arc<dyn Live>, SourceError> {
+    let session = Session::new(protocol, config).map_err(|e| SourceError::Setup(e.to_string()))?;
+    Ok(Arc::new(session))
+}
+
 impl<P: Protocol<Data = Item>> Live for Session<P> {
     fn run(&self, events: mpsc::Sender<LiveEvent>, stop: CancellationToken) -> BoxFuture<'_, ()> {
         Box::pin(Session::run(self, events, stop))

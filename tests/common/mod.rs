@@ -460,3 +460,27 @@ pub fn pg_dump(db: &TestDb) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs the binary to its end, with `env` set and the vendors' own key variables and
+/// `RUST_LOG` removed (a developer's shell must not change what a test sees).
+pub async fn run_measured(args: &[&str], env: &[(&str, &str)]) -> Measured {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"));
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for var in [
+        "RUST_LOG",
+        "POLYGON_API_KEY",
+        "APCA_API_KEY_ID",
+        "APCA_API_SECRET_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    tokio::task::spawn_blocking(move || wait_measured(child))
+        .await
+        .unwrap()
+}

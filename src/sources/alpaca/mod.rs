@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::domain::DataSource;
-use crate::sources::ws::Session;
 use crate::sources::{SourceError, Vendor};
 
 /// `sources.alpaca`, when enabled: its REST history and, with `stream = true`, its stream.
@@ -21,9 +20,8 @@ pub fn vendor(cfg: &Config) -> Option<Result<Vendor, SourceError>> {
         let rest = rest::AlpacaRest::new(a).map_err(|e| setup(e.to_string()))?;
         let live = if a.stream {
             let stream = stream::AlpacaStream::new(a).map_err(|e| setup(e.to_string()))?;
-            let session = Session::new(stream.clone(), stream.session_config())
-                .map_err(|e| setup(e.to_string()))?;
-            Some(Arc::new(session) as Arc<dyn crate::sources::Live>)
+            let config = stream.session_config();
+            Some(crate::sources::live(stream, config)?)
         } else {
             None
         };

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::domain::DataSource;
-use crate::sources::ws::Session;
 use crate::sources::{SourceError, Vendor};
 
 /// `sources.polygon`, when enabled: its REST history and, with `stream = true`, its stream.
@@ -25,9 +24,8 @@ pub fn vendor(cfg: &Config) -> Option<Result<Vendor, SourceError>> {
         let rest = PolygonRest::new(p).map_err(|e| setup(e.to_string()))?;
         let live = if p.stream {
             let stream = stream::PolygonStream::new(p).map_err(|e| setup(e.to_string()))?;
-            let session = Session::new(stream.clone(), stream.session_config())
-                .map_err(|e| setup(e.to_string()))?;
-            Some(Arc::new(session) as Arc<dyn crate::sources::Live>)
+            let config = stream.session_config();
+            Some(crate::sources::live(stream, config)?)
         } else {
             None
         };
