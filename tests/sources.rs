@@ -133,3 +133,13 @@ fn a_proxy_password_is_never_shown() {
     assert!(text.contains("sources.polygon.proxy_url"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+#[test]
+fn the_shipped_config_loads_and_enables_nothing_that_needs_a_key() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/mdingest.toml");
+    let cfg = mdingest::config::Config::load(std::path::Path::new(shipped)).unwrap();
+    assert!(mdingest::sources::enabled(&cfg).unwrap().is_empty());
+    cfg.check_credentials().unwrap();
+    let out = mdingest(&["--config", shipped, "check-config"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
