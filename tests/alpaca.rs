@@ -219,3 +219,29 @@ async fn a_refused_plan_is_one_error_naming_the_symbols_on_their_feeds() {
     assert!(out.stderr.contains("***"), "{}", out.stderr);
     assert!(!out.stderr.contains(KEY) && !pg_dump(&db).contains(KEY));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_token_that_never_ends_stops_the_window_with_an_error() {
+    let (db, sim, _dir, cfg) = setup(
+        "alpaca_endless",
+        SimConfig {
+            page_size: 100,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    sim.set_symbol_fault("AAPL", Some(SymbolFault::EndlessCursor));
+    let out = run(&args(&cfg, "AAPL", "2024-01-08", "2024-01-08"), &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("repeats a page token"),
+        "{}",
+        out.stderr
+    );
+    // The first page, then the token seen again: two requests, not an endless chain.
+    assert_eq!(sim.requests().len(), 2);
+    let pending = db
+        .count("SELECT count(*) FROM data_ingestion.backfill_tasks WHERE state = 'pending' AND last_error LIKE '%page token%'")
+        .await;
+    assert_eq!(pending, 1);
+}
