@@ -224,30 +224,46 @@ fn decode_one(raw: &RawValue, symbol: &Symbol) -> Result<Bar, Rejection> {
                 "missing t (timestamp)".into(),
             ))
         }
-        Some(t) => epoch_ms(t).ok_or_else(|| {
-            reject(
-                None,
-                "invalid_timestamp",
-                format!("t {} is not epoch milliseconds", excerpt(t, 40)),
-            )
-        })?,
+        Some(t) => stamp_ms("t", t).map_err(|(check, reason)| reject(None, check, reason))?,
     };
-    let fail = |e: DomainError| reject(Some(ts), e.check_name(), e.to_string());
-    let num = |field: Option<&str>, key: &str, name: &'static str| match field {
-        None => Err(reject(
-            Some(ts),
-            "missing_value",
-            format!("missing {key} ({name})"),
-        )),
-        Some(v) => parse_decimal(name, v).map_err(fail),
-    };
-    let open = num(fields.o, "o", "open")?;
-    let high = num(fields.h, "h", "high")?;
-    let low = num(fields.l, "l", "low")?;
-    let close = num(fields.c, "c", "close")?;
-    let volume = num(fields.v, "v", "volume")?;
-    Bar::new(
+    bar(
         symbol.clone(),
+        ts,
+        [fields.o, fields.h, fields.l, fields.c, fields.v],
+    )
+    .map_err(|(check, reason)| reject(Some(ts), check, reason))
+}
+
+/// Why a row is not a bar: its check and the reason, for the path to quote its row with.
+pub(crate) type Problem = (&'static str, String);
+
+/// The one place a Polygon bar is made, for every path (REST, stream, flat files): the fields'
+/// wire text (open, high, low, close, volume; `None` when absent) straight to `Decimal`. The
+/// paths differ only in where the fields sit, the timestamp's unit and how a refused row is
+/// quoted.
+pub(crate) fn bar(
+    symbol: Symbol,
+    ts: DateTime<Utc>,
+    ohlcv: [Option<&str>; 5],
+) -> Result<Bar, Problem> {
+    const NAMES: [(&str, &str); 5] = [
+        ("o", "open"),
+        ("h", "high"),
+        ("l", "low"),
+        ("c", "close"),
+        ("v", "volume"),
+    ];
+    let fail = |e: DomainError| (e.check_name(), e.to_string());
+    let mut out = [rust_decimal::Decimal::ZERO; 5];
+    for (slot, (field, (key, name))) in out.iter_mut().zip(ohlcv.into_iter().zip(NAMES)) {
+        *slot = match field {
+            None => return Err(("missing_value", format!("missing {key} ({name})"))),
+            Some(v) => parse_decimal(name, v).map_err(fail)?,
+        };
+    }
+    let [open, high, low, close, volume] = out;
+    Bar::new(
+        symbol,
         ts,
         open,
         high,
@@ -257,6 +273,16 @@ fn decode_one(raw: &RawValue, symbol: &Symbol) -> Result<Bar, Rejection> {
         DataSource::Polygon,
     )
     .map_err(fail)
+}
+
+/// An epoch-milliseconds stamp (REST's `t`, the stream's `s`) from its JSON text.
+pub(crate) fn stamp_ms(key: &str, text: &str) -> Result<DateTime<Utc>, Problem> {
+    epoch_ms(text).ok_or_else(|| {
+        (
+            "invalid_timestamp",
+            format!("{key} {} is not epoch milliseconds", excerpt(text, 40)),
+        )
+    })
 }
 
 /// The JSON text of the fields a bar needs; `None` when absent or `null`.

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::domain::{
-    is_midnight_new_york, parse_decimal, Bar, DataSource, DomainError, Mode, Symbol, Timeframe,
-};
+use crate::domain::{is_midnight_new_york, Bar, DataSource, DomainError, Mode, Symbol, Timeframe};
 use crate::ingest::{Chunk, Rejection};
 
 const COLUMNS: [&str; 7] = [
@@ -429,29 +427,10 @@ impl FlatFile {
                 parsed
             }
         };
-        let num = |i: usize,
-                   name: &'static str|
-         -> Result<_, (&'static str, Option<DateTime<Utc>>, String)> {
-            parse_decimal(name, self.field(i)?).map_err(fail)
-        };
-        let (volume, open, close, high, low) = (
-            num(1, "volume")?,
-            num(2, "open")?,
-            num(3, "close")?,
-            num(4, "high")?,
-            num(5, "low")?,
-        );
-        Bar::new(
-            symbol,
-            ts,
-            open,
-            high,
-            low,
-            close,
-            volume,
-            DataSource::Polygon,
-        )
-        .map_err(fail)
+        // Columns: volume, open, close, high, low.
+        let [v, o, c, h, l] = [1, 2, 3, 4, 5].map(|i| self.field(i));
+        let fields = [o?, h?, l?, c?, v?].map(Some);
+        super::decode::bar(symbol, ts, fields).map_err(|(check, reason)| (check, Some(ts), reason))
     }
 
     fn reject(

@@ -21,13 +21,12 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::config::{PolygonConfig, Secret};
-use crate::domain::{parse_decimal, Bar, DataSource, Symbol, Timeframe};
+use crate::domain::{Bar, DataSource, Symbol, Timeframe};
 use crate::ingest::Rejection;
 use crate::sources::ws::{Inbound, Protocol, Refusal, RefusalKind, SessionConfig, Status};
 use crate::sources::Item;
@@ -333,59 +332,20 @@ fn decode_event(raw: &RawValue) -> Option<PolygonEvent> {
                 "missing s (window start)".into(),
             )
         }
-        Some(t) => match super::decode::epoch_ms(t) {
-            Some(ts) => ts,
-            None => {
-                return reject(
-                    shown,
-                    None,
-                    "invalid_timestamp",
-                    format!("s {} is not epoch milliseconds", excerpt(t, 40)),
-                )
-            }
+        Some(t) => match super::decode::stamp_ms("s", t) {
+            Ok(ts) => ts,
+            Err((check, reason)) => return reject(shown, None, check, reason),
         },
     };
     let symbol = match sym.parse::<Symbol>() {
         Ok(s) => s,
         Err(e) => return reject(shown, Some(ts), e.check_name(), e.to_string()),
     };
-    let [open, high, low, close, volume] = match ohlcv(&w) {
-        Ok(v) => v,
-        Err((check, reason)) => return reject(shown, Some(ts), check, reason),
-    };
-    match Bar::new(
-        symbol,
-        ts,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        DataSource::Polygon,
-    ) {
+    let fields = [w.o, w.h, w.l, w.c, w.v].map(|f| f.map(RawValue::get));
+    match super::decode::bar(symbol, ts, fields) {
         Ok(bar) => Some(PolygonEvent::Bar(bar)),
-        Err(e) => reject(shown, Some(ts), e.check_name(), e.to_string()),
+        Err((check, reason)) => reject(shown, Some(ts), check, reason),
     }
-}
-
-/// Open, high, low, close and volume from their JSON text; the first missing or bad one is
-/// the event's check and reason.
-fn ohlcv(w: &Wire<'_>) -> Result<[Decimal; 5], (&'static str, String)> {
-    let fields = [
-        (w.o, "o", "open"),
-        (w.h, "h", "high"),
-        (w.l, "l", "low"),
-        (w.c, "c", "close"),
-        (w.v, "v", "volume"),
-    ];
-    let mut out = [Decimal::ZERO; 5];
-    for (slot, (field, key, name)) in out.iter_mut().zip(fields) {
-        *slot = match field {
-            None => return Err(("missing_value", format!("missing {key} ({name})"))),
-            Some(v) => parse_decimal(name, v.get()).map_err(|e| (e.check_name(), e.to_string()))?,
-        };
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -394,6 +354,7 @@ mod tests {
     use crate::ingest::{Action, Severity};
     use chrono::TimeZone;
     use chrono::Utc;
+    use rust_decimal::Decimal;
     use std::str::FromStr;
 
     const MIXED: &str = include_str!("../../../tests/fixtures/polygon/ws_mixed.json");
