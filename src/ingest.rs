@@ -288,12 +288,139 @@ pub fn weight(bars: usize, rejections: usize) -> usize {
 pub const NOTED_REJECTIONS: usize = 20;
 
 /// Sent to each producer whose bars a committed batch carried.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchReport {
     pub counts: WriteCounts,
+    /// The same batch per data source (one batch may hold several: a Yahoo fetch writes two),
+    /// in `DataSource` order: what a `market_data_updated` event and the per-source metrics say.
+    pub sources: Vec<SourceReport>,
     pub feeds: Vec<FeedProgress>,
     /// `console_line`s of the batch's first rejections (at most `NOTED_REJECTIONS`).
     pub noted: Vec<String>,
+}
+
+impl BatchReport {
+    /// Adds the report of another part of the same batch (the writer splits a batch the
+    /// database refuses).
+    pub fn merge(&mut self, other: BatchReport) {
+        self.counts.add(&other.counts);
+        self.feeds.extend(other.feeds);
+        self.noted.extend(other.noted);
+        for o in other.sources {
+            match self.sources.iter_mut().find(|s| s.source == o.source) {
+                Some(s) => s.merge(o),
+                None => self.sources.push(o),
+            }
+        }
+        self.sources.sort_by_key(|s| s.source);
+    }
+}
+
+/// What a committed batch did for one data source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceReport {
+    pub source: DataSource,
+    /// Bars inserted, updated and unchanged; `rejected` counts this source's quality-log rows
+    /// that refused a row (`duplicates` stays 0: merging happens before sources are told apart).
+    pub counts: WriteCounts,
+    /// The symbols of its committed bars, sorted, each once.
+    pub symbols: Vec<Symbol>,
+    pub first: Option<DateTime<Utc>>,
+    pub last: Option<DateTime<Utc>>,
+    /// Its quality-log rows by check, sorted by check.
+    pub checks: Vec<(&'static str, u64)>,
+    /// Its committed bars by producer (stream, poll, backfill), in `Mode` order.
+    pub producers: Vec<(Mode, u64)>,
+}
+
+impl SourceReport {
+    pub fn new(source: DataSource) -> SourceReport {
+        SourceReport {
+            source,
+            counts: WriteCounts::default(),
+            symbols: Vec::new(),
+            first: None,
+            last: None,
+            checks: Vec::new(),
+            producers: Vec::new(),
+        }
+    }
+
+    /// Bars written (inserted, updated or unchanged).
+    pub fn rows(&self) -> u64 {
+        self.counts.written()
+    }
+
+    fn merge(&mut self, o: SourceReport) {
+        self.counts.add(&o.counts);
+        self.symbols.extend(o.symbols);
+        self.symbols.sort();
+        self.symbols.dedup();
+        self.first = self.first.into_iter().chain(o.first).min();
+        self.last = self.last.into_iter().chain(o.last).max();
+        add_counted(&mut self.checks, o.checks);
+        add_counted(&mut self.producers, o.producers);
+    }
+}
+
+/// Adds `more` to a sorted list of (key, count).
+fn add_counted<K: Ord + Copy>(list: &mut Vec<(K, u64)>, more: Vec<(K, u64)>) {
+    for (k, n) in more {
+        bump(list, k, n);
+    }
+}
+
+fn bump<K: Ord + Copy>(list: &mut Vec<(K, u64)>, k: K, n: u64) {
+    match list.binary_search_by_key(&k, |(key, _)| *key) {
+        Ok(i) => list[i].1 += n,
+        Err(i) => list.insert(i, (k, n)),
+    }
+}
+
+/// The per-source reports of a committed batch: its staged bars and quality rows, with the
+/// writer's counts per source.
+pub fn source_reports(
+    entries: &[Staged],
+    rejections: &[Rejection],
+    written: &[(DataSource, WriteCounts)],
+) -> Vec<SourceReport> {
+    let mut out: Vec<SourceReport> = Vec::new();
+    fn slot(out: &mut Vec<SourceReport>, source: DataSource) -> &mut SourceReport {
+        let i = match out.iter().position(|s| s.source == source) {
+            Some(i) => i,
+            None => {
+                out.push(SourceReport::new(source));
+                out.len() - 1
+            }
+        };
+        &mut out[i]
+    }
+    for (source, counts) in written {
+        slot(&mut out, *source).counts.add(counts);
+    }
+    for e in entries {
+        let s = slot(&mut out, e.bar.source);
+        let t = e.bar.timestamp;
+        s.first = Some(s.first.map_or(t, |f| f.min(t)));
+        s.last = Some(s.last.map_or(t, |l| l.max(t)));
+        if s.symbols.last() != Some(&e.bar.symbol) {
+            s.symbols.push(e.bar.symbol.clone());
+        }
+        bump(&mut s.producers, e.mode, 1);
+    }
+    for r in rejections {
+        let s = slot(&mut out, r.source);
+        if r.action == Action::Rejected {
+            s.counts.rejected += 1;
+        }
+        bump(&mut s.checks, r.check, 1);
+    }
+    for s in &mut out {
+        s.symbols.sort();
+        s.symbols.dedup();
+    }
+    out.sort_by_key(|s| s.source);
+    out
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Duration as Span;
 use common::*;
-use mdingest::domain::{Bar, Mode};
-use mdingest::pipeline::{BatchReport, Chunk, Pipeline, Queue, Totals};
+use mdingest::domain::{Bar, DataSource, Mode};
+use mdingest::pipeline::{BatchReport, Chunk, Pipeline, Queue, Totals, WriteCounts};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -256,6 +256,101 @@ async fn producer_is_told_only_after_commit() {
     p.finish().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_several_data_sources_reports_each_source_on_its_own() {
+    use mdingest::pipeline::{Rejection, SourceReport};
+    let db = TestDb::migrated("by_source").await;
+    let p = start(&db, "[pipeline]\nbatch_max_age_ms = 20\n");
+    let queue = p.queue();
+    let mut acks = send(
+        &queue,
+        vec![
+            bar("AAPL", minute(14, 30), "185", 10),
+            bar("AAPL", minute(14, 31), "185", 10),
+        ],
+    )
+    .await;
+    acks.recv().await.expect("first batch committed");
+    let of = |source: DataSource, b: Bar| Bar { source, ..b };
+    let yahoo = |m: u32, price: &str| of(DataSource::Yahoo, bar("AAPL", minute(15, m), price, 7));
+    let adjusted = |m: u32, price: &str| {
+        of(
+            DataSource::YahooAdjusted,
+            bar("AAPL", minute(15, m), price, 7),
+        )
+    };
+    let bars = vec![
+        bar("AAPL", minute(14, 30), "185", 10), // unchanged
+        bar("AAPL", minute(14, 31), "186", 10), // updated
+        bar("AAPL", minute(14, 32), "185", 10), // new
+        yahoo(0, "190"),
+        yahoo(1, "191"),
+        adjusted(0, "189.5"),
+        adjusted(1, "190.5"),
+        adjusted(2, "191.5"),
+    ];
+    let junk = Rejection::rejected(
+        DataSource::Yahoo,
+        Some("AAPL".into()),
+        Some(minute(15, 2)),
+        "missing_value",
+        serde_json::json!({"reason": "null close"}),
+    );
+    let (tx, mut acks) = mpsc::unbounded_channel();
+    queue
+        .send(Chunk {
+            ack: Some(tx),
+            ..Chunk::new(Mode::Poll, bars, vec![junk])
+        })
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), acks.recv())
+        .await
+        .expect("no report within 10 s")
+        .unwrap();
+    let counts = |inserted, updated, unchanged, rejected| WriteCounts {
+        inserted,
+        updated,
+        unchanged,
+        rejected,
+        duplicates: 0,
+    };
+    let aapl: Vec<mdingest::domain::Symbol> = vec!["AAPL".parse().unwrap()];
+    assert_eq!(
+        report.sources,
+        [
+            SourceReport {
+                counts: counts(1, 1, 1, 0),
+                symbols: aapl.clone(),
+                first: Some(minute(14, 30)),
+                last: Some(minute(14, 32)),
+                producers: vec![(Mode::Poll, 3)],
+                ..SourceReport::new(DataSource::Polygon)
+            },
+            SourceReport {
+                counts: counts(2, 0, 0, 1),
+                symbols: aapl.clone(),
+                first: Some(minute(15, 0)),
+                last: Some(minute(15, 1)),
+                checks: vec![("missing_value", 1)],
+                producers: vec![(Mode::Poll, 2)],
+                ..SourceReport::new(DataSource::Yahoo)
+            },
+            SourceReport {
+                counts: counts(3, 0, 0, 0),
+                symbols: aapl,
+                first: Some(minute(15, 0)),
+                last: Some(minute(15, 2)),
+                producers: vec![(Mode::Poll, 3)],
+                ..SourceReport::new(DataSource::YahooAdjusted)
+            },
+        ]
+    );
+    assert_eq!(report.counts, counts(6, 1, 1, 1));
+    drop(queue);
+    p.finish().await.unwrap();
+}
+
 /// Terminates every mdingest session of database `name`, as a server restart would.
 async fn terminate_writers(admin: &tokio_postgres::Client, name: &str) -> i64 {
     admin
@@ -489,8 +584,18 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
     let first = write_batch(&mut client, rows(), opts()).await.unwrap();
     // As if COMMIT's reply had been lost: the retry finds the token and writes nothing.
     let again = write_batch(&mut client, rows(), opts()).await.unwrap();
-    assert_eq!(first.inserted, 3);
-    assert_eq!(again, first);
+    assert_eq!(first.counts.inserted, 3);
+    assert_eq!(
+        first.by_source,
+        [(
+            DataSource::Polygon,
+            WriteCounts {
+                inserted: 3,
+                ..WriteCounts::default()
+            }
+        )]
+    );
+    assert_eq!(again, first, "the retry reports each source's counts too");
     assert_eq!(
         db.count("SELECT rows_written FROM data_ingestion.ingestion_status")
             .await,
@@ -535,7 +640,8 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(counts.inserted, 7);
+    assert_eq!(counts.counts.inserted, 7);
+    assert!(counts.by_source.is_empty(), "{counts:?}");
     assert_eq!(db.stored().await, 3, "the retry wrote the batch again");
 }
 

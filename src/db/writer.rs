@@ -7,14 +7,64 @@
 use std::collections::HashMap;
 
 use futures_util::pin_mut;
+use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::DbError;
-use crate::domain::FeedState;
+use crate::domain::{DataSource, FeedState};
 use crate::ingest::{FeedChange, FeedProgress, Rejection, Staged, Transition, WriteCounts};
+
+/// What `write_batch` committed: in all, and per data source (in `DataSource` order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub counts: WriteCounts,
+    pub by_source: Vec<(DataSource, WriteCounts)>,
+}
+
+impl Written {
+    /// `{"polygon": [inserted, updated, unchanged], …}`, as `committed_batches.by_source` keeps it.
+    fn by_source_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .by_source
+            .iter()
+            .map(|(s, c)| {
+                (
+                    s.as_str().to_string(),
+                    json!([c.inserted, c.updated, c.unchanged]),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+
+    /// Read back from `committed_batches`; a row from before `by_source` existed has its
+    /// totals only.
+    fn from_row(counts: WriteCounts, by_source: Option<&str>) -> Written {
+        let parsed: HashMap<String, [u64; 3]> = by_source
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default();
+        let mut by_source: Vec<(DataSource, WriteCounts)> = parsed
+            .into_iter()
+            .filter_map(|(s, [inserted, updated, unchanged])| {
+                let source = s.parse().ok()?;
+                Some((
+                    source,
+                    WriteCounts {
+                        inserted,
+                        updated,
+                        unchanged,
+                        ..WriteCounts::default()
+                    },
+                ))
+            })
+            .collect();
+        by_source.sort_by_key(|(s, _)| *s);
+        Written { counts, by_source }
+    }
+}
 
 /// Lives as long as the session; created (if missing) in every transaction, so a session reset
 /// (`DISCARD TEMP`, a pooler) cannot leave a writer without it. `ON COMMIT DELETE ROWS` empties
@@ -99,9 +149,11 @@ const CLAIM_BATCH_SQL: &str = "INSERT INTO data_ingestion.committed_batches
     (token, inserted, updated, unchanged) VALUES ($1, 0, 0, 0) ON CONFLICT (token) DO NOTHING";
 
 const SET_COUNTS_SQL: &str = "UPDATE data_ingestion.committed_batches
-    SET inserted = $2, updated = $3, unchanged = $4, committed_at = now() WHERE token = $1";
+    SET inserted = $2, updated = $3, unchanged = $4, by_source = $5::text::jsonb,
+        committed_at = now()
+    WHERE token = $1";
 
-const FIND_BATCH_SQL: &str = "SELECT inserted, updated, unchanged
+const FIND_BATCH_SQL: &str = "SELECT inserted, updated, unchanged, by_source::text
     FROM data_ingestion.committed_batches WHERE token = $1";
 
 /// Long enough that a writer retrying through any outage still finds its token.
@@ -158,7 +210,7 @@ pub async fn write_batch(
     client: &mut Client,
     rows: Rows<'_>,
     opts: WriteOptions<'_>,
-) -> Result<WriteCounts, DbError> {
+) -> Result<Written, DbError> {
     let Rows {
         changes,
         entries,
@@ -176,15 +228,22 @@ pub async fn write_batch(
         tx.rollback().await?;
         let row = client.query_one(FIND_BATCH_SQL, &[&opts.token]).await?;
         let n = |i: usize| row.get::<_, i64>(i) as u64;
-        return Ok(WriteCounts {
+        let counts = WriteCounts {
             inserted: n(0),
             updated: n(1),
             unchanged: n(2),
             ..WriteCounts::default()
-        });
+        };
+        return Ok(Written::from_row(counts, row.get(3)));
     }
     apply_changes(&tx, changes).await?;
     let mut counts = WriteCounts::default();
+    let mut staged_of: HashMap<DataSource, u64> = HashMap::new();
+    for e in entries {
+        *staged_of.entry(e.bar.source).or_default() += 1;
+    }
+    // Inserted and updated per data source.
+    let mut merged_of: HashMap<DataSource, (u64, u64)> = HashMap::new();
     // Rows inserted or updated per (data_source, symbol): `rows_written` counts no unchanged row.
     let mut written_of: HashMap<(String, String), i64> = HashMap::new();
     let all_new = |written_of: &mut HashMap<(String, String), i64>| {
@@ -203,6 +262,9 @@ pub async fn write_batch(
                     sp.commit().await?;
                     counts.inserted = n;
                     all_new(&mut written_of);
+                    for (s, n) in &staged_of {
+                        merged_of.insert(*s, (*n, 0));
+                    }
                     written = true;
                 }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => sp.rollback().await?,
@@ -217,7 +279,13 @@ pub async fn write_batch(
                 let updated: i64 = row.get(3);
                 counts.inserted += inserted as u64;
                 counts.updated += updated as u64;
-                written_of.insert((row.get(0), row.get(1)), inserted + updated);
+                let source: String = row.get(0);
+                if let Ok(s) = source.parse::<DataSource>() {
+                    let m = merged_of.entry(s).or_default();
+                    m.0 += inserted as u64;
+                    m.1 += updated as u64;
+                }
+                written_of.insert((source, row.get(1)), inserted + updated);
             }
             counts.unchanged = staged.saturating_sub(counts.inserted + counts.updated);
         }
@@ -245,6 +313,21 @@ pub async fn write_batch(
         )
         .await?;
     }
+    let mut by_source: Vec<(DataSource, WriteCounts)> = staged_of
+        .into_iter()
+        .map(|(s, staged)| {
+            let (inserted, updated) = merged_of.get(&s).copied().unwrap_or_default();
+            let c = WriteCounts {
+                inserted,
+                updated,
+                unchanged: staged.saturating_sub(inserted + updated),
+                ..WriteCounts::default()
+            };
+            (s, c)
+        })
+        .collect();
+    by_source.sort_by_key(|(s, _)| *s);
+    let written = Written { counts, by_source };
     let n = |v: u64| v as i64;
     tx.execute(
         SET_COUNTS_SQL,
@@ -253,6 +336,7 @@ pub async fn write_batch(
             &n(counts.inserted),
             &n(counts.updated),
             &n(counts.unchanged),
+            &written.by_source_json(),
         ],
     )
     .await?;
@@ -260,7 +344,7 @@ pub async fn write_batch(
         tx.execute(PRUNE_BATCHES_SQL, &[]).await?;
     }
     tx.commit().await?;
-    Ok(counts)
+    Ok(written)
 }
 
 /// Applies state changes in their own transaction (the feeds' end after the writers stopped).

@@ -54,11 +54,7 @@ pub(crate) async fn write_loop(
         let oldest = batch.oldest_received;
         if !batch.has_writes() {
             // Only barriers: every earlier batch of this writer is committed.
-            let report = BatchReport {
-                counts: Default::default(),
-                feeds: Vec::new(),
-                noted: Vec::new(),
-            };
+            let report = BatchReport::default();
             for ack in &acks {
                 let _ = ack.send(report.clone());
             }
@@ -187,7 +183,8 @@ fn commit<'a>(
         };
         state.totals.retries += attempts.load(Ordering::Relaxed).saturating_sub(1);
         match result {
-            Ok(mut counts) => {
+            Ok(written) => {
+                let mut counts = written.counts;
                 state.expect_new = counts.inserted == batch.entries.len() as u64;
                 counts.rejected = batch.rejected_bars;
                 counts.duplicates = duplicates;
@@ -197,8 +194,14 @@ fn commit<'a>(
                     .take(NOTED_REJECTIONS)
                     .map(Rejection::console_line)
                     .collect();
+                let sources = crate::ingest::source_reports(
+                    &batch.entries,
+                    &batch.rejections,
+                    &written.by_source,
+                );
                 Ok(BatchReport {
                     counts,
+                    sources,
                     feeds,
                     noted,
                 })
@@ -232,10 +235,7 @@ async fn isolate(
         log.rejections = std::mem::take(&mut batch.rejections);
         log.rejected_bars = std::mem::take(&mut batch.rejected_bars);
         let mut a = commit(ctx, log, state).await?;
-        let b = commit(ctx, batch, state).await?;
-        a.counts.add(&b.counts);
-        a.feeds = b.feeds;
-        a.noted.extend(b.noted);
+        a.merge(commit(ctx, batch, state).await?);
         return Ok(a);
     }
     match batch.entries.len() {
@@ -272,10 +272,7 @@ async fn isolate(
         _ => {
             let (first, second) = batch.split();
             let mut a = commit(ctx, first, state).await?;
-            let b = commit(ctx, second, state).await?;
-            a.counts.add(&b.counts);
-            a.feeds.extend(b.feeds);
-            a.noted.extend(b.noted);
+            a.merge(commit(ctx, second, state).await?);
             Ok(a)
         }
     }

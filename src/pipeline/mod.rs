@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::ingest::{AckTx, BatchReport, Chunk, FeedProgress, Rejection, Staged, WriteCounts};
+pub use crate::ingest::{
+    AckTx, BatchReport, Chunk, FeedProgress, Rejection, SourceReport, Staged, WriteCounts,
+};
 pub use batch::Batch;
 
 use crate::config::{PipelineConfig, Timeframes};

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{self, DbError};
-use crate::domain::{FeedState, Symbol};
+use crate::domain::{DataSource, FeedState, Symbol};
 use crate::ingest::{
     AckTx, BatchReport, Chunk, Feed, FeedChange, Transition, WriteCounts, NOTED_REJECTIONS,
 };
@@ -189,6 +189,8 @@ pub struct Summary {
     pub lines: Vec<(&'static str, String)>,
     pub read: u64,
     pub counts: WriteCounts,
+    /// The same counts per data source (in `DataSource` order), shown when there are several.
+    pub by_source: Vec<(DataSource, WriteCounts)>,
     pub seconds: f64,
     pub failed: Vec<String>,
     /// Warning lines for the console (the rejected rows, named), printed before the summary.
@@ -231,6 +233,15 @@ impl fmt::Display for Summary {
         writeln!(f, "{} summary", self.what)?;
         for (k, v) in lines {
             writeln!(f, "  {k:<10} {v:>12}")?;
+        }
+        if self.by_source.len() > 1 {
+            for (source, c) in &self.by_source {
+                writeln!(
+                    f,
+                    "  {source}: inserted {}, updated {}, unchanged {}, rejected {}",
+                    c.inserted, c.updated, c.unchanged, c.rejected
+                )?;
+            }
         }
         for failed in &self.failed {
             writeln!(f, "  failed: {failed}")?;
@@ -315,10 +326,11 @@ pub async fn drive<S: Source>(
     drop(ctx);
     let finished =
         waiting_noted(pipeline.finish(), || "committing what was read".to_string()).await;
-    let (counts, noted) = collector.await.unwrap_or_default();
+    let (counts, by_source, noted) = collector.await.unwrap_or_default();
     summary.warnings = noted_warnings(noted, counts.rejected);
     summary.read = read.load(Ordering::Relaxed);
     summary.counts = counts;
+    summary.by_source = by_source;
     // A signal may also have come while the driver waited for the commits.
     summary.interrupted = shutdown.signal();
     // The writers are gone without applying the feeds' end: it is applied here, after them
@@ -368,22 +380,30 @@ pub async fn drive<S: Source>(
     }
 }
 
-/// Takes every committed batch's report: the running counts, and the first rejections.
+/// Takes every committed batch's report: the running counts (in all and per data source), and
+/// the first rejections.
 async fn collect(
     mut acks: mpsc::UnboundedReceiver<BatchReport>,
     committed: Arc<Mutex<WriteCounts>>,
-) -> (WriteCounts, Vec<String>) {
+) -> (WriteCounts, Vec<(DataSource, WriteCounts)>, Vec<String>) {
     let mut noted = Vec::new();
     let mut total = WriteCounts::default();
+    let mut by_source: Vec<(DataSource, WriteCounts)> = Vec::new();
     while let Some(report) = acks.recv().await {
         total.add(&report.counts);
+        for s in &report.sources {
+            match by_source.binary_search_by_key(&s.source, |(k, _)| *k) {
+                Ok(i) => by_source[i].1.add(&s.counts),
+                Err(i) => by_source.insert(i, (s.source, s.counts)),
+            }
+        }
         if let Ok(mut c) = committed.lock() {
             *c = total;
         }
         let room = NOTED_REJECTIONS.saturating_sub(noted.len());
         noted.extend(report.noted.into_iter().take(room));
     }
-    (total, noted)
+    (total, by_source, noted)
 }
 
 /// One warning per rejected row, up to `NOTED_REJECTIONS`, then how many more there are.
