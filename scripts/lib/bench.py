@@ -41,7 +41,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from http.client import HTTPConnection
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "mdingest")
@@ -478,9 +478,10 @@ def bench_import(args):
 # Backfill.
 
 SIM_KEY = "bench-sim-key-0123456789"
-# backfill.rs: windows of 30 days on a fixed grid counted from Sunday 1970-01-04 00:00 UTC.
+# backfill.rs: windows on a fixed grid counted from Sunday 1970-01-04 00:00 UTC, of the
+# vendor's length (Polygon's minute windows: 30 days; Alpaca's: one week).
 GRID_ORIGIN = 3 * 86_400
-WINDOW = 30 * 86_400
+DAY = 86_400
 
 
 def ny_midnight(day):
@@ -490,19 +491,20 @@ def ny_midnight(day):
     return int(d.replace(tzinfo=ZoneInfo("America/New_York")).timestamp())
 
 
-def backfill_windows(date_from, date_to):
-    """The grid's windows overlapping [from, to] (New York dates, inclusive), none starting in the
-    future, as (from_ms, to_ms inclusive), as backfill.rs plans and fetches them."""
+def backfill_windows(window, date_from, date_to):
+    """The grid's windows of `window` seconds overlapping [from, to] (New York dates,
+    inclusive), none starting in the future, as (from_ms, to_ms inclusive), as backfill.rs plans
+    and fetches them."""
     start = ny_midnight(date_from)
     end = ny_midnight((datetime.strptime(date_to, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d"))
     now_ms = int(time.time() * 1000)
-    k = (start - GRID_ORIGIN) // WINDOW
+    k = (start - GRID_ORIGIN) // window
     out = []
     while True:
-        s = GRID_ORIGIN + k * WINDOW
+        s = GRID_ORIGIN + k * window
         if s >= end or s * 1000 > now_ms:
             break
-        out.append((s * 1000, min((s + WINDOW) * 1000 - 1, now_ms)))
+        out.append((s * 1000, min((s + window) * 1000 - 1, now_ms)))
         k += 1
     return out
 
@@ -510,12 +512,12 @@ def backfill_windows(date_from, date_to):
 class Sim:
     """mdingest-sim on an ephemeral loopback port, stopped with SIGTERM."""
 
-    def __init__(self, symbols, date_from, date_to):
+    def __init__(self, symbols, date_from, date_to, page_size):
         os.makedirs(OUT, exist_ok=True)
         self.log = open(os.path.join(OUT, "sim.log"), "w")
         self.proc = subprocess.Popen(
             [SIM, "--listen", "127.0.0.1:0", "--api-key", SIM_KEY, "--symbols", ",".join(symbols),
-             "--from", date_from, "--to", date_to, "--page-size", "50000"],
+             "--from", date_from, "--to", date_to, "--page-size", str(page_size)],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline().strip()
         m = re.match(r"mdingest-sim listening on (http://127\.0\.0\.1:(\d+))$", line)
@@ -535,38 +537,127 @@ class Sim:
         self.log.close()
 
 
-def aggs_path(symbol, from_ms, to_ms):
-    return (f"/v2/aggs/ticker/{symbol}/range/1/minute/{from_ms}/{to_ms}"
-            "?adjusted=false&sort=asc&limit=50000")
+def get(conn, path, headers, what):
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read()
+    if resp.status != 200:
+        fail(f"simulator: HTTP {resp.status} for {what}: {body[:200]!r}")
+    return body
 
 
-RESULTS_COUNT = re.compile(rb'"resultsCount":(\d+)')
-NEXT_URL = b'"next_url":"'
+def stamp(epoch_ms):
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc)
+            + timedelta(milliseconds=epoch_ms)).strftime("%Y-%m-%d %H:%M:%S+00")
 
 
-def get_pages(conn, symbol, from_ms, to_ms):
-    """Yields each page's body of one window, following next_url."""
-    path = aggs_path(symbol, from_ms, to_ms)
-    headers = {"Authorization": f"Bearer {SIM_KEY}"}
-    while path:
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            fail(f"simulator: HTTP {resp.status} for {symbol} {from_ms}..{to_ms}: {body[:200]!r}")
-        yield body
-        i = body.rfind(NEXT_URL)
-        path = None
-        if i >= 0:
-            raw = body[i + len(NEXT_URL):body.index(b'"', i + len(NEXT_URL))].decode()
-            u = urlsplit(raw.replace("\\/", "/"))
-            path = u.path + ("?" + u.query if u.query else "")
+class Polygon:
+    """Aggregates of one symbol per request, 30-day windows, pages of up to 50,000 bars chained
+    by next_url."""
+    name = "polygon"
+    window = 30 * DAY
+    page_size = 50_000
+    RESULTS_COUNT = re.compile(rb'"resultsCount":(\d+)')
+    NEXT_URL = b'"next_url":"'
+
+    def __init__(self, symbols):
+        self.symbols = sorted(symbols)
+
+    def tasks(self, windows):
+        return [((s,), f, t) for f, t in windows for s in self.symbols]
+
+    def pages(self, conn, task):
+        """Yields each page's body of one task, following next_url."""
+        (symbol,), f, t = task
+        path = (f"/v2/aggs/ticker/{symbol}/range/1/minute/{f}/{t}"
+                "?adjusted=false&sort=asc&limit=50000")
+        headers = {"Authorization": f"Bearer {SIM_KEY}"}
+        while path:
+            body = get(conn, path, headers, f"{symbol} {f}..{t}")
+            yield body
+            i = body.rfind(self.NEXT_URL)
+            path = None
+            if i >= 0:
+                raw = body[i + len(self.NEXT_URL):body.index(b'"', i + len(self.NEXT_URL))].decode()
+                u = urlsplit(raw.replace("\\/", "/"))
+                path = u.path + ("?" + u.query if u.query else "")
+
+    def count(self, body):
+        m = self.RESULTS_COUNT.search(body, 0, 200)
+        return int(m.group(1)) if m else 0
+
+    def rows(self, task, page):
+        (symbol,), _, _ = task
+        for b in page.get("results", ()):
+            yield symbol, stamp(b["t"]), b
+
+    def env(self, sim):
+        return dict(MDINGEST__SOURCES__POLYGON__ENABLED="true",
+                    MDINGEST__SOURCES__POLYGON__API_KEY=SIM_KEY,
+                    MDINGEST__SOURCES__POLYGON__REST_URL=sim.url,
+                    # The simulator has no quota; config.rs validate() allows at most 100,000.
+                    MDINGEST__SOURCES__POLYGON__REQUESTS_PER_MINUTE="100000",
+                    MDINGEST__SOURCES__POLYGON__STREAM="false",
+                    MDINGEST__SOURCES__POLYGON__SYMBOLS=",".join(self.symbols))
 
 
-def fetch_all(sim, tasks, threads=4):
-    """Fetches every page of every (symbol, from_ms, to_ms) with `threads` threads, each on its own
-    keep-alive connection; counts bars and bytes, stores nothing. Returns (seconds, bars, pages,
-    bytes)."""
+class Alpaca:
+    """Bars of up to 100 symbols per request, one-week windows, pages of 10,000 bars across
+    them chained by next_page_token."""
+    name = "alpaca"
+    window = 7 * DAY
+    page_size = 10_000
+    PER_REQUEST = 100
+
+    def __init__(self, symbols):
+        self.symbols = sorted(symbols)
+
+    def tasks(self, windows):
+        groups = [tuple(self.symbols[i:i + self.PER_REQUEST])
+                  for i in range(0, len(self.symbols), self.PER_REQUEST)]
+        return [(g, f, t) for f, t in windows for g in groups]
+
+    def pages(self, conn, task):
+        symbols, f, t = task
+        iso = lambda ms: (datetime(1970, 1, 1, tzinfo=timezone.utc)
+                          + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        headers = {"APCA-API-KEY-ID": SIM_KEY, "APCA-API-SECRET-KEY": SIM_KEY}
+        token = None
+        while True:
+            q = {"symbols": ",".join(symbols), "timeframe": "1Min", "start": iso(f), "end": iso(t),
+                 "limit": "10000", "adjustment": "raw", "feed": "iex", "sort": "asc"}
+            if token:
+                q["page_token"] = token
+            body = get(conn, "/v2/stocks/bars?" + urlencode(q), headers, f"{len(symbols)} symbols {f}..{t}")
+            yield body
+            i = body.rfind(b'"next_page_token":')
+            rest = body[i + len(b'"next_page_token":'):].strip()
+            if i < 0 or rest.startswith(b"null"):
+                return
+            token = rest[1:rest.index(b'"', 1)].decode()
+
+    def count(self, body):
+        return body.count(b'"t":"')
+
+    def rows(self, task, page):
+        for symbol, bars in (page.get("bars") or {}).items():
+            for b in bars:
+                t = datetime.strptime(b["t"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+                yield symbol, t.strftime("%Y-%m-%d %H:%M:%S+00"), b
+
+    def env(self, sim):
+        return dict(MDINGEST__SOURCES__ALPACA__ENABLED="true",
+                    MDINGEST__SOURCES__ALPACA__KEY_ID=SIM_KEY,
+                    MDINGEST__SOURCES__ALPACA__SECRET_KEY=SIM_KEY,
+                    MDINGEST__SOURCES__ALPACA__REST_URL=sim.url,
+                    MDINGEST__SOURCES__ALPACA__REQUESTS_PER_MINUTE="100000",
+                    MDINGEST__SOURCES__ALPACA__STREAM="false",
+                    MDINGEST__SOURCES__ALPACA__SYMBOLS=",".join(self.symbols))
+
+
+def fetch_all(sim, vendor, tasks, threads=4):
+    """Fetches every page of every task with `threads` threads, each on its own keep-alive
+    connection; counts bars and bytes, stores nothing. Returns (seconds, bars, pages, bytes)."""
     q = queue.Queue()
     for t in tasks:
         q.put(t)
@@ -579,12 +670,11 @@ def fetch_all(sim, tasks, threads=4):
         try:
             while True:
                 try:
-                    symbol, f, t = q.get_nowait()
+                    task = q.get_nowait()
                 except queue.Empty:
                     break
-                for body in get_pages(conn, symbol, f, t):
-                    m = RESULTS_COUNT.search(body, 0, 200)
-                    bars += int(m.group(1)) if m else 0
+                for body in vendor.pages(conn, task):
+                    bars += vendor.count(body)
                     pages += 1
                     size += len(body)
         except BaseException as e:  # noqa: BLE001 - reported below
@@ -619,22 +709,19 @@ def table_volume(v):
     return -r if d < 0 else r
 
 
-def write_table_csv(sim, tasks, path):
+def write_table_csv(sim, vendor, tasks, path):
     """Second, untimed pass: the simulator's bars as market_data rows (symbol, timestamp, open,
     high, low, close, volume, data_source). Prices keep their wire text; returns the bars written."""
     import json
     conn = HTTPConnection("127.0.0.1", sim.port, timeout=60)
     n = 0
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     with open(path + ".part", "w") as out:
-        for symbol, f, t in tasks:
-            for body in get_pages(conn, symbol, f, t):
+        for task in tasks:
+            for body in vendor.pages(conn, task):
                 page = json.loads(body, parse_float=str)
-                lines = []
-                for b in page.get("results", ()):
-                    ts = (epoch + timedelta(milliseconds=b["t"])).strftime("%Y-%m-%d %H:%M:%S+00")
-                    lines.append(f"{symbol},{ts},{b['o']},{b['h']},{b['l']},{b['c']},"
-                                 f"{table_volume(b['v'])},polygon\n")
+                lines = [f"{symbol},{ts},{b['o']},{b['h']},{b['l']},{b['c']},"
+                         f"{table_volume(b['v'])},{vendor.name}\n"
+                         for symbol, ts, b in vendor.rows(task, page)]
                 out.writelines(lines)
                 n += len(lines)
     conn.close()
@@ -642,19 +729,11 @@ def write_table_csv(sim, tasks, path):
     return n
 
 
-def mdingest_backfill(label, url, sim, symbols, date_from, date_to, force):
+def mdingest_backfill(label, url, sim, vendor, date_from, date_to, force):
     """Seconds, peak RSS in kB and mdingest's summary of one `mdingest backfill` against sim."""
-    env = dict(os.environ,
-               MDINGEST__DATABASE__URL=url,
-               MDINGEST__SOURCES__POLYGON__ENABLED="true",
-               MDINGEST__SOURCES__POLYGON__API_KEY=SIM_KEY,
-               MDINGEST__SOURCES__POLYGON__REST_URL=sim.url,
-               # The simulator has no quota; config.rs validate() allows at most 100,000.
-               MDINGEST__SOURCES__POLYGON__REQUESTS_PER_MINUTE="100000",
-               MDINGEST__SOURCES__POLYGON__STREAM="false",
-               MDINGEST__SOURCES__POLYGON__SYMBOLS=",".join(symbols))
-    cmd = [BIN, "--config", CONFIG, "backfill", "--source", "polygon",
-           "--symbols", ",".join(symbols), "--from", date_from, "--to", date_to]
+    env = dict(os.environ, MDINGEST__DATABASE__URL=url, **vendor.env(sim))
+    cmd = [BIN, "--config", CONFIG, "backfill", "--source", vendor.name,
+           "--symbols", ",".join(vendor.symbols), "--from", date_from, "--to", date_to]
     if force:
         cmd.append("--force")
     t, out, rss_kb = measured(label, cmd, env)
@@ -679,22 +758,22 @@ BACKFILL_NAMES = [
 ]
 
 
-def bench_backfill(args):
+def bench_backfill(vendor, date_from, date_to):
     global SIM_PID
-    symbols = [s for s in args.backfill_symbols.split(",") if s]
-    tasks = [(s, f, t) for f, t in backfill_windows(args.backfill_from, args.backfill_to)
-             for s in sorted(symbols)]
-    windows = len(tasks) // max(1, len(symbols))
-    print(f"backfill: {len(symbols)} symbols, {args.backfill_from} to {args.backfill_to}: "
-          f"{windows} windows of 30 days each", file=sys.stderr)
-    alone, copy, stage, stage_again, md, md_again = (f"backfill: {n}" for n in BACKFILL_NAMES)
-    sim = Sim(symbols, args.backfill_from, args.backfill_to)
+    part = f"backfill {vendor.name}"
+    windows = backfill_windows(vendor.window, date_from, date_to)
+    tasks = vendor.tasks(windows)
+    print(f"{part}: {len(vendor.symbols)} symbols, {date_from} to {date_to}: "
+          f"{len(windows)} windows of {vendor.window // DAY} days each", file=sys.stderr)
+    alone, copy, stage, stage_again, md, md_again = (f"{part}: {n}" for n in BACKFILL_NAMES)
+    sim = Sim(vendor.symbols, date_from, date_to, vendor.page_size)
     SIM_PID = sim.proc.pid
-    dbs = ["mdbench_bf_copy", "mdbench_bf_psql", "mdbench_bf_mdingest"]
+    tag = vendor.name
+    dbs = [f"mdbench_bf_copy_{tag}", f"mdbench_bf_psql_{tag}", f"mdbench_bf_mdingest_{tag}"]
     try:
-        print(f"simulator alone: {len(tasks)} requests with 4 threads ...", file=sys.stderr)
+        print(f"simulator alone: {len(tasks)} request chains with 4 threads ...", file=sys.stderr)
         res = {}
-        t_alone = timed(alone, lambda: res.setdefault("r", fetch_all(sim, tasks)), None)
+        t_alone = timed(alone, lambda: res.setdefault("r", fetch_all(sim, vendor, tasks)), None)
         t_transfer, rows, pages, size = res["r"]
         # The transfer's own clock (threads started to all joined) is the figure.
         RUNS[alone]["seconds"] = t_transfer
@@ -705,36 +784,36 @@ def bench_backfill(args):
               file=sys.stderr)
 
         print("writing the same bars as a table-shaped CSV (untimed) ...", file=sys.stderr)
-        table = os.path.join(OUT, "backfill_table_rows.csv")
-        written = write_table_csv(sim, tasks, table)
+        table = os.path.join(OUT, f"backfill_table_rows_{tag}.csv")
+        written = write_table_csv(sim, vendor, tasks, table)
         if written != rows:
             fail(f"the CSV pass got {written} bars, the timed pass {rows}")
 
         print("psql \\copy into a fresh table ...", file=sys.stderr)
-        url_copy = fresh_db("mdbench_bf_copy")
+        url_copy = fresh_db(dbs[0])
         t_copy = psql_copy(copy, url_copy, table)
         if count(url_copy) != rows:
             fail(f"psql \\copy loaded {count(url_copy)} rows, expected {rows}")
 
         print("psql staging upsert into a fresh table, then again over the existing rows ...", file=sys.stderr)
-        url = fresh_db("mdbench_bf_psql")
+        url = fresh_db(dbs[1])
         t_stage = psql_staging_upsert(stage, url, table)
         t_stage_again = psql_staging_upsert(stage_again, url, table)
         if count(url) != rows:
             fail(f"psql staging upsert left {count(url)} rows, expected {rows}")
-        drop_dbs(["mdbench_bf_psql"])
+        drop_dbs([dbs[1]])
 
         print("mdingest backfill into a fresh database, then again with --force ...", file=sys.stderr)
-        url = fresh_db("mdbench_bf_mdingest")
-        span = (args.backfill_from, args.backfill_to)
-        t_md, rss_kb, out = mdingest_backfill(md, url, sim, symbols, *span, force=False)
+        url = fresh_db(dbs[2])
+        span = (date_from, date_to)
+        t_md, rss_kb, out = mdingest_backfill(md, url, sim, vendor, *span, force=False)
         n = count(url)
         if n != rows:
             fail(f"after the backfill market_data holds {n} rows; the simulator served {rows}\n{out}")
         s = summary_counts(out)
         if s.get("inserted") != rows or s.get("rejected") != 0:
             fail(f"the fresh backfill's summary is not {rows} inserted, 0 rejected:\n{out}")
-        t_md_again, rss2_kb, out = mdingest_backfill(md_again, url, sim, symbols, *span, force=True)
+        t_md_again, rss2_kb, out = mdingest_backfill(md_again, url, sim, vendor, *span, force=True)
         n = count(url)
         if n != rows:
             fail(f"after the re-backfill market_data holds {n} rows; expected {rows}\n{out}")
@@ -751,16 +830,17 @@ def bench_backfill(args):
 
     rss_mb = max(rss_kb, rss2_kb) / 1024
     print()
-    print("== backfill ==")
-    print(f"rows: {rows} (minute bars of {len(symbols)} symbols, {args.backfill_from} to "
-          f"{args.backfill_to}; {pages} pages, {windows} windows per symbol)")
-    print_table(rows, "backfill", BACKFILL_NAMES)
+    print(f"== {part} ==")
+    print(f"rows: {rows} (minute bars of {len(vendor.symbols)} symbols, {date_from} to "
+          f"{date_to}; {pages} pages of up to {vendor.page_size} bars, {size / pages / 1e6:.1f} MB "
+          f"each on average; {len(windows)} windows)")
+    print_table(rows, part, BACKFILL_NAMES)
     print_checks([
-        ("backfill vs psql staging upsert", t_stage / t_md, 1.0),
-        ("backfill vs raw psql \\copy", t_copy / t_md, 0.8),
-        ("re-backfill vs psql staging upsert (existing)", t_stage_again / t_md_again, 2.0),
+        (f"{vendor.name} backfill vs psql staging upsert", t_stage / t_md, 1.0),
+        (f"{vendor.name} backfill vs raw psql \\copy", t_copy / t_md, 0.8),
+        (f"{vendor.name} re-backfill vs psql staging upsert (existing)", t_stage_again / t_md_again, 2.0),
     ], rss_mb)
-    print_cpu("backfill", BACKFILL_NAMES)
+    print_cpu(part, BACKFILL_NAMES)
     print(f"simulator alone: {rows / t_transfer:.0f} bars/s ({size / 1e6 / t_transfer:.0f} MB/s of JSON); "
           f"the fresh backfill takes {t_md / t_transfer:.1f}x its time")
 
@@ -780,6 +860,9 @@ def bench_stream(args):
     are of each batch's worst bar, an upper bound for its other bars."""
     symbols = [f"S{i:04d}" for i in range(args.stream_symbols)]
     per_symbol = args.stream_rate / len(symbols)
+    # Both vendors at once, each on its own connection: Polygon the first half, Alpaca the rest.
+    half = len(symbols) // 2
+    polygon_symbols, alpaca_symbols = symbols[:half], symbols[half:]
     # Far enough back that the replay never catches up with the clock during the run.
     live_from = (datetime.now(timezone.utc) - timedelta(days=14)).strftime("%Y-%m-%d")
     url = fresh_db("mdbench_stream")
@@ -799,17 +882,26 @@ def bench_stream(args):
                MDINGEST__SOURCES__POLYGON__API_KEY=SIM_KEY,
                MDINGEST__SOURCES__POLYGON__REST_URL=rest,
                MDINGEST__SOURCES__POLYGON__WS_URL=ws,
-               MDINGEST__SOURCES__POLYGON__SYMBOLS=",".join(symbols),
+               MDINGEST__SOURCES__POLYGON__SYMBOLS=",".join(polygon_symbols),
                MDINGEST__SOURCES__POLYGON__REQUESTS_PER_MINUTE="100000",
                MDINGEST__SOURCES__POLYGON__STREAM="true",
+               MDINGEST__SOURCES__ALPACA__ENABLED="true",
+               MDINGEST__SOURCES__ALPACA__KEY_ID=SIM_KEY,
+               MDINGEST__SOURCES__ALPACA__SECRET_KEY=SIM_KEY,
+               MDINGEST__SOURCES__ALPACA__REST_URL=rest,
+               MDINGEST__SOURCES__ALPACA__WS_URL=ws.removesuffix("/stocks") + "/v2/iex",
+               MDINGEST__SOURCES__ALPACA__SYMBOLS=",".join(alpaca_symbols),
+               MDINGEST__SOURCES__ALPACA__REQUESTS_PER_MINUTE="100000",
+               MDINGEST__SOURCES__ALPACA__STREAM="true",
                MDINGEST__SERVICE__GAP_FILL_LOOKBACK_SECS="60",
                # The replay is history (two weeks back): the daemon's one-day rule for streamed
                # bars would refuse it all.
                MDINGEST__SERVICE__STREAM_MAX_BAR_AGE_SECS=str(30 * 86400),
                RUST_LOG="info,mdingest::lag=debug")
     err_path = os.path.join(OUT, "run-stream.log")
-    print(f"stream: {len(symbols)} symbols at {per_symbol:g} bars/s each "
-          f"({args.stream_rate} bars/s) for {args.stream_secs} s after a 5 s start ...")
+    print(f"stream: {len(symbols)} symbols ({half} on Polygon's stream, {len(symbols) - half} on "
+          f"Alpaca's) at {per_symbol:g} bars/s each ({args.stream_rate} bars/s) for "
+          f"{args.stream_secs} s after a 5 s start ...")
     with open(err_path, "w") as err:
         run = subprocess.Popen([BIN, "--config", CONFIG, "run"], env=env,
                                stdout=subprocess.DEVNULL, stderr=err)
@@ -843,7 +935,12 @@ def bench_stream(args):
     max_age = 250
     p99 = percentile(lags, 0.99)
     print("\n== stream ==")
-    print(f"batches committed: {len(lags)}; rows stored: {count(url)}")
+    rows = psql_value(url, "SELECT data_source, count(*) FROM data_ingestion.market_data GROUP BY 1 ORDER BY 1")
+    stored = dict(line.split("|") for line in rows.splitlines() if line)
+    print(f"batches committed: {len(lags)}; rows stored: {count(url)} "
+          f"({', '.join(f'{k} {v}' for k, v in stored.items())})")
+    if set(stored) != {"polygon", "alpaca"}:
+        fail(f"both vendors' bars should have landed; stored: {stored}")
     print(f"sustained            {rate:10.0f} bars/s committed (offered {args.stream_rate})")
     print(f"lag p50              {percentile(lags, 0.5):10.1f} ms")
     print(f"lag p99              {p99:10.1f} ms  (target <= batch_max_age_ms + 100 = {max_age + 100} ms)"
@@ -862,13 +959,17 @@ def main():
     ap.add_argument("--backfill-from", default="2024-01-01", help="backfill: first New York date")
     ap.add_argument("--backfill-to", default="2024-12-31", help="backfill: last New York date (inclusive)")
     ap.add_argument("--skip-import", action="store_true", help="skip the import benchmark")
-    ap.add_argument("--skip-backfill", action="store_true", help="skip the backfill benchmark")
+    ap.add_argument("--skip-backfill", action="store_true", help="skip Polygon's backfill benchmark")
+    ap.add_argument("--skip-alpaca", action="store_true", help="skip Alpaca's backfill benchmark")
+    ap.add_argument("--alpaca-symbols", type=int, default=100, help="alpaca: symbols (A000, A001, ...)")
+    ap.add_argument("--alpaca-from", default="2024-01-02", help="alpaca: first New York date")
+    ap.add_argument("--alpaca-to", default="2024-02-07", help="alpaca: last New York date (inclusive)")
     ap.add_argument("--skip-stream", action="store_true", help="skip the stream benchmark")
     ap.add_argument("--stream-symbols", type=int, default=1000, help="stream: symbols")
     ap.add_argument("--stream-rate", type=int, default=50000, help="stream: bars/s in all")
     ap.add_argument("--stream-secs", type=int, default=20, help="stream: seconds measured")
     args = ap.parse_args()
-    if args.skip_import and args.skip_backfill and args.skip_stream:
+    if args.skip_import and args.skip_backfill and args.skip_alpaca and args.skip_stream:
         ap.error("every part skipped: nothing to run")
     os.makedirs(OUT, exist_ok=True)
     build = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
@@ -879,7 +980,11 @@ def main():
     if not args.skip_import:
         bench_import(args)
     if not args.skip_backfill:
-        bench_backfill(args)
+        symbols = [s for s in args.backfill_symbols.split(",") if s]
+        bench_backfill(Polygon(symbols), args.backfill_from, args.backfill_to)
+    if not args.skip_alpaca:
+        symbols = [f"A{i:03d}" for i in range(args.alpaca_symbols)]
+        bench_backfill(Alpaca(symbols), args.alpaca_from, args.alpaca_to)
     if not args.skip_stream:
         bench_stream(args)
     for w in BUSY_WARNINGS:
