@@ -386,6 +386,13 @@ async fn task_failed(
     queue::release(client, task, Some(&text)).await?;
     // Shown at once, also for a symbol that failed before its first bar.
     let _ = shared.ctx.failed(&feed_of(task), &text).await;
+    for source in shared.history.also_writes() {
+        let feed = Feed {
+            source: *source,
+            ..feed_of(task)
+        };
+        let _ = shared.ctx.failed(&feed, &text).await;
+    }
     match e.blame {
         // Every request would fail alike (the key, the plan): all workers stop.
         Blame::Account => {
@@ -500,8 +507,11 @@ pub async fn fetch_tasks(
         }
         for b in &page.bars {
             if let Some(c) = sent.get_mut(b.symbol.as_str()) {
-                if c.0 == 0 {
+                // A fetch may write a second data source (Yahoo's adjusted series): its feed
+                // is tracked too, so that it ends with the task's.
+                if c.0 == 0 || b.source != first.source {
                     ctx.feeds().touched(&Feed {
+                        source: b.source,
                         symbol: b.symbol.clone(),
                         ..feed_of(first)
                     });

@@ -60,7 +60,7 @@ pub const VENDORS: &[VendorEntry] = &[
     VendorEntry {
         name: "yahoo",
         sources: &[DataSource::Yahoo, DataSource::YahooAdjusted],
-        build: None,
+        build: Some(yahoo::vendor),
         enabled: |c| c.sources.yahoo.as_ref().is_some_and(|y| y.enabled),
     },
 ];
@@ -182,6 +182,12 @@ pub trait History: Send + Sync {
     /// given at most this many.
     fn symbols_per_request(&self) -> usize {
         1
+    }
+
+    /// The data sources one fetch writes besides the task's own (Yahoo's adjusted series):
+    /// their feeds start, fail and end with the task's.
+    fn also_writes(&self) -> &[DataSource] {
+        &[]
     }
 
     /// The pages of `symbols`' bars starting in `[from, to_inclusive]`. Bars of other symbols,

@@ -60,6 +60,15 @@ impl SourceSection for YahooConfig {
             self.requests_per_minute.into(),
             100_000,
         )?;
+        if self.adjusted && self.timeframe != Timeframe::D1 {
+            return Err((
+                "sources.yahoo.adjusted".into(),
+                format!(
+                    "needs daily bars (Yahoo gives adjclose for daily bars only; the timeframe is {}): set adjusted = false or timeframe = \"1d\"",
+                    self.timeframe.as_str()
+                ),
+            ));
+        }
         if self.enabled {
             check_symbols("sources.yahoo.symbols", &self.symbols)?;
         }
