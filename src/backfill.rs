@@ -500,11 +500,15 @@ pub async fn fetch_tasks(
         };
         let Some(page) = page else { break };
         settled &= page.settled;
-        let n = page.bars.len() + page.rejections.len();
-        fetched.fetch_add(n as u64, Ordering::Relaxed);
-        if n == 0 {
+        if page.bars.is_empty() && page.rejections.is_empty() {
             continue;
         }
+        // In the vendor's bars: a second data source written from the same rows (Yahoo's
+        // adjusted series) is not fetched again.
+        let own = |s: DataSource| s == first.source;
+        let n = page.bars.iter().filter(|b| own(b.source)).count()
+            + page.rejections.iter().filter(|r| own(r.source)).count();
+        fetched.fetch_add(n as u64, Ordering::Relaxed);
         for b in &page.bars {
             if let Some(c) = sent.get_mut(b.symbol.as_str()) {
                 // A fetch may write a second data source (Yahoo's adjusted series): its feed
@@ -525,7 +529,7 @@ pub async fn fetch_tasks(
             }
         }
         let chunk = Chunk::new(first.mode, page.bars, page.rejections);
-        if ctx.send(chunk).await.is_err() {
+        if ctx.send_counted(chunk, n as u64).await.is_err() {
             return Ok(None);
         }
     }

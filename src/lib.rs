@@ -12,6 +12,7 @@ pub mod domain;
 pub mod import;
 pub mod ingest;
 pub mod pipeline;
+pub mod poll;
 pub mod progress;
 pub mod run;
 pub mod shutdown;

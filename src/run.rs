@@ -1,6 +1,6 @@
-//! `mdingest run`: the daemon. Every enabled vendor's stream at once, each a source of the same
-//! driver (one pool, one pipeline) as `import` and `backfill`; one vendor refused never stops
-//! the others:
+//! `mdingest run`: the daemon. Every enabled vendor's stream, and the polls of those without one
+//! (`crate::poll`), at once, each a source of the same driver (one pool, one pipeline) as
+//! `import` and `backfill`; one vendor refused never stops the others:
 //! - it starts while the database is down, retrying with backoff and saying so at most once a
 //!   minute, and begins once the database answers;
 //! - every configured symbol has its `stream` row in `ingestion_status` from the start;
@@ -31,6 +31,7 @@ use crate::db::backfill as queue;
 use crate::db::{self, DbError};
 use crate::domain::{Bar, Mode, Symbol};
 use crate::ingest::{Chunk, Feed, FeedChange, Rejection, Transition};
+use crate::poll::PollFeed;
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
 use crate::sources::ws::SessionEvent;
@@ -55,7 +56,7 @@ pub enum RunError {
 
 /// Runs the daemon until a signal. `None` when the signal came before the database answered.
 pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, RunError> {
-    let streams = streaming(cfg)?;
+    let vendors = daemon_vendors(cfg)?;
     if !wait_for_database(cfg, shutdown).await? {
         return Ok(None);
     }
@@ -68,36 +69,61 @@ pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, R
     let max_age = chrono::Duration::seconds(
         i64::try_from(cfg.service.stream_max_bar_age_secs).unwrap_or(i64::MAX / 1000),
     );
-    let sources = streams
-        .into_iter()
-        .filter_map(|vendor| {
-            let live = vendor.live.clone()?;
-            Some(LiveFeed {
-                vendor,
+    let mut sources = Vec::new();
+    for vendor in vendors {
+        if let Some(live) = vendor.live.clone() {
+            sources.push(Daemon::Live(LiveFeed {
+                vendor: vendor.clone(),
                 live,
                 lookback,
                 max_age,
-            })
-        })
-        .collect();
+            }));
+        }
+        if let Some(every) = vendor.poll {
+            sources.push(Daemon::Poll(PollFeed { vendor, every }));
+        }
+    }
     let summary = driver::drive(cfg, sources, shutdown, false).await;
     deadline.abort();
     Ok(Some(summary?))
 }
 
-/// The enabled vendors that stream; an error when there is none.
-pub fn streaming(cfg: &Config) -> Result<Vec<Vendor>, RunError> {
-    let streams: Vec<Vendor> = crate::sources::enabled(cfg)?
+/// The enabled vendors that stream or poll; an error when there is none.
+pub fn daemon_vendors(cfg: &Config) -> Result<Vec<Vendor>, RunError> {
+    let vendors: Vec<Vendor> = crate::sources::enabled(cfg)?
         .into_iter()
-        .filter(|v| v.live.is_some())
+        .filter(|v| v.live.is_some() || v.poll.is_some())
         .collect();
-    if streams.is_empty() {
+    if vendors.is_empty() {
         return Err(RunError::Usage(
-            "no streaming source is enabled: enable a source with stream = true (see config/mdingest.toml)"
+            "no streaming or polling source is enabled: enable a source with stream = true, or Yahoo (see config/mdingest.toml)"
                 .into(),
         ));
     }
-    Ok(streams)
+    Ok(vendors)
+}
+
+/// What the daemon runs side by side: streams (with their gap-fills) and polls.
+enum Daemon {
+    Live(LiveFeed),
+    Poll(PollFeed),
+}
+
+impl Source for Daemon {
+    fn name(&self) -> &'static str {
+        "run"
+    }
+
+    fn read_label(&self) -> &'static str {
+        "received"
+    }
+
+    async fn run(self, ctx: SourceContext) -> SourceEnd {
+        match self {
+            Daemon::Live(l) => l.run(ctx).await,
+            Daemon::Poll(p) => p.run(ctx).await,
+        }
+    }
 }
 
 /// Every reconnect records a gap a feed: the done ones are forgotten after a week.
@@ -128,15 +154,7 @@ const GAP_WORKERS: usize = 4;
 /// A gap worker with nothing to do looks for gaps whose backoff has passed this often.
 const GAP_POLL: Duration = Duration::from_secs(2);
 
-impl Source for LiveFeed {
-    fn name(&self) -> &'static str {
-        "run"
-    }
-
-    fn read_label(&self) -> &'static str {
-        "received"
-    }
-
+impl LiveFeed {
     async fn run(self, ctx: SourceContext) -> SourceEnd {
         let mut end = SourceEnd::default();
         let name = self.vendor.name;

@@ -908,3 +908,140 @@ async fn alpaca_slow_client_reconnects_and_the_gap_fill_misses_nothing() {
     assert!(!rest.is_empty());
     assert!(rest.iter().all(|r| !r.target.contains(KEY)));
 }
+
+/// Polygon (AAPL) and Alpaca (MSFT) streaming, and Yahoo (`yahoo_symbol`, daily, adjusted)
+/// polled every second.
+fn three_vendor_config(db: &TestDb, dir: &Path, sim: &Simulator, yahoo_symbol: &str) -> PathBuf {
+    let two = std::fs::read_to_string(two_vendor_config(db, dir, sim, KEY)).unwrap();
+    let path = dir.join("three.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{two}[sources.yahoo]\nrest_url = \"{}\"\nsymbols = [\"{yahoo_symbol}\"]\n\
+             timeframe = \"1d\"\nadjusted = true\npoll_interval_secs = 1\nrequests_per_minute = 6000\n",
+            sim.base_url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polygon_alpaca_and_yahoo_at_once_land_all_four_sources() {
+    let db = TestDb::migrated("run_three").await;
+    let (from, to) = recent_session_stretch();
+    let sim = start_sim(
+        from,
+        to,
+        WsConfig {
+            live_from: Some(from),
+            bars_per_sec: 6.0,
+            ..WsConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = three_vendor_config(&db, dir.path(), &sim, "AAPL");
+    let child = spawn_mdingest(&run_args(&cfg));
+    let polygon = series_rows(&["AAPL"], from, to);
+    let alpaca = series_rows(&["MSFT"], from, to);
+    let (yahoo, adjusted, _) = yahoo_expected("AAPL", &[], from, to);
+    assert_eq!(yahoo.len(), 1, "the stretch's day");
+    wait_until("all four sources stored", 60, async || {
+        stored_bars_of(&db, "polygon").await.len() >= polygon.len()
+            && stored_bars_of(&db, "alpaca").await.len() >= alpaca.len()
+            && !stored_bars_of(&db, "yahoo_adjusted").await.is_empty()
+    })
+    .await;
+    // Polls go on meanwhile: a few more rewrite nothing.
+    wait_until("three polls", 30, async || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.target.starts_with("/v8/finance/chart/AAPL"))
+            .count()
+            >= 3
+    })
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars_of(&db, "polygon").await == polygon);
+    assert!(stored_bars_of(&db, "alpaca").await == alpaca);
+    assert_eq!(
+        of_symbol(&stored_bars_of(&db, "yahoo").await, "AAPL"),
+        yahoo
+    );
+    assert_eq!(
+        of_symbol(&stored_bars_of(&db, "yahoo_adjusted").await, "AAPL"),
+        adjusted
+    );
+    let states: Vec<String> = db
+        .column("SELECT data_source || ' ' || mode || ' ' || state FROM data_ingestion.ingestion_status ORDER BY 1")
+        .await;
+    assert_eq!(
+        states,
+        [
+            "alpaca stream idle",
+            "polygon stream idle",
+            "yahoo poll idle",
+            "yahoo_adjusted poll idle"
+        ]
+    );
+}
+
+fn of_symbol(rows: &BTreeMap<(String, i64), Row>, symbol: &str) -> BTreeMap<i64, Row> {
+    rows.iter()
+        .filter(|((s, _), _)| s == symbol)
+        .map(|((_, t), r)| (*t, *r))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yahoo_outage_leaves_the_streams_untouched_and_shows_in_its_poll_rows() {
+    let db = TestDb::migrated("run_yahoo_429").await;
+    let (from, to) = recent_session_stretch();
+    let sim = Simulator::start(SimConfig {
+        symbols: vec!["AAPL".into(), "MSFT".into(), "IBM".into()],
+        ..sim_config(
+            from,
+            to,
+            WsConfig {
+                live_from: Some(from),
+                bars_per_sec: 6.0,
+                ..WsConfig::default()
+            },
+        )
+    })
+    .await
+    .unwrap();
+    // Yahoo refuses this client: 429 with a plain-text body, on every request.
+    sim.set_symbol_fault("IBM", Some(SymbolFault::RateLimited));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = three_vendor_config(&db, dir.path(), &sim, "IBM");
+    let child = spawn_mdingest(&run_args(&cfg));
+    let polygon = series_rows(&["AAPL"], from, to);
+    let alpaca = series_rows(&["MSFT"], from, to);
+    let refused = "SELECT count(*) FROM data_ingestion.ingestion_status WHERE mode = 'poll' AND state = 'error' AND last_error LIKE '%Yahoo refuses this client%'";
+    wait_for_count(&db, refused, 2, 60).await;
+    wait_until("both streams stored", 60, async || {
+        stored_bars_of(&db, "polygon").await.len() >= polygon.len()
+            && stored_bars_of(&db, "alpaca").await.len() >= alpaca.len()
+    })
+    .await;
+    let streams = "SELECT count(*) FROM data_ingestion.ingestion_status WHERE mode = 'stream' AND state = 'running'";
+    assert_eq!(db.count(streams).await, 2);
+    assert!(stored_bars_of(&db, "yahoo").await.is_empty());
+    // Yahoo lets us in again: the next poll's bars make its rows running.
+    sim.set_symbol_fault("IBM", None);
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM data_ingestion.ingestion_status WHERE mode = 'poll' AND state = 'running'",
+        2,
+        60,
+    )
+    .await;
+    let out = stop(child).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(stored_bars_of(&db, "polygon").await == polygon);
+    assert!(stored_bars_of(&db, "alpaca").await == alpaca);
+    assert_eq!(stored_bars_of(&db, "yahoo").await.len(), 1);
+}

@@ -80,9 +80,15 @@ async fn a_source_whose_vendor_is_not_enabled_is_refused_at_once_by_name() {
         let err = stderr(&out);
         assert_ne!(out.status.code(), Some(0), "{source}");
         assert_eq!(err.lines().count(), 1, "{source}: {err}");
-        let vendor = if source == "alpaca" { "alpaca" } else { "yahoo" };
+        let vendor = if source == "alpaca" {
+            "alpaca"
+        } else {
+            "yahoo"
+        };
         assert!(
-            err.contains(&format!("sources.{vendor} is not configured or not enabled")),
+            err.contains(&format!(
+                "sources.{vendor} is not configured or not enabled"
+            )),
             "{source}: {err}"
         );
     }

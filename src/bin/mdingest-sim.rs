@@ -1,5 +1,5 @@
 //! `mdingest-sim`: serves the deterministic vendor simulator (`mdingest::sim`) on a loopback
-//! port (Polygon's aggregates and Alpaca's bars), and the vendors' WebSocket streams on a second
+//! port (Polygon's aggregates, Alpaca's bars and Yahoo's chart), and the vendors' WebSocket streams on a second
 //! one (Polygon's at `/stocks`, Alpaca's at `/v2/iex`), until SIGINT or SIGTERM. Alpaca's two
 //! key headers both carry `--api-key`.
 //!
@@ -18,14 +18,14 @@ use chrono_tz::America::New_York;
 use clap::error::ErrorKind;
 use clap::Parser;
 use mdingest::domain::Symbol;
-use mdingest::sim::{Fault, SimConfig, Simulator, SymbolFault, WsConfig, WsFault};
+use mdingest::sim::{Fault, SimConfig, Simulator, SymbolFault, WsConfig, WsFault, YahooAction};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "mdingest-sim",
     version,
-    about = "Deterministic Polygon and Alpaca REST and WebSocket stream simulator (loopback only)",
+    about = "Deterministic Polygon, Alpaca and Yahoo REST and WebSocket stream simulator (loopback only)",
     after_help = "Requests are logged at debug level to stderr: RUST_LOG=debug mdingest-sim"
 )]
 struct Args {
@@ -66,9 +66,13 @@ struct Args {
     /// truncate, reset, slow:MS.
     #[arg(long = "fault", value_name = "FAULT")]
     faults: Vec<Fault>,
-    /// A standing answer for one ticker, repeatable: SYMBOL=404, 403, 500, inconsistent, seconds, endless, echo-key, padded or oversized.
+    /// A standing answer for one ticker, repeatable: SYMBOL=404, 403, 429, 500, inconsistent, seconds, endless, echo-key, padded or oversized.
     #[arg(long = "symbol-fault", value_name = "SYMBOL=CODE", value_parser = parse_symbol_fault)]
     symbol_faults: Vec<(String, SymbolFault)>,
+    /// Yahoo: a split or dividend of a ticker, repeatable: SYMBOL=split:YYYY-MM-DD:N:D or
+    /// SYMBOL=dividend:YYYY-MM-DD:AMOUNT. Yahoo's history is restated for it.
+    #[arg(long = "yahoo-action", value_name = "SYMBOL=ACTION", value_parser = mdingest::sim::parse_yahoo_action)]
+    yahoo_actions: Vec<(String, YahooAction)>,
     /// Stream: port on --listen's address (0 picks a free one).
     #[arg(long, default_value_t = 0, value_name = "PORT")]
     ws_port: u16,
@@ -132,7 +136,7 @@ fn parse_to(s: &str) -> Result<DateTime<Utc>, String> {
 fn parse_symbol_fault(s: &str) -> Result<(String, SymbolFault), String> {
     let (symbol, code) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected SYMBOL=404, 403, 500, inconsistent, seconds, endless, echo-key, padded or oversized"))?;
+        .ok_or_else(|| format!("{s:?}: expected SYMBOL=404, 403, 429, 500, inconsistent, seconds, endless, echo-key, padded or oversized"))?;
     Ok((symbol.to_string(), code.parse()?))
 }
 
@@ -190,6 +194,13 @@ fn main() -> ExitCode {
         latency: Duration::from_millis(args.latency_ms),
         faults: args.faults,
         symbol_faults: args.symbol_faults.into_iter().collect::<HashMap<_, _>>(),
+        yahoo_actions: args
+            .yahoo_actions
+            .into_iter()
+            .fold(HashMap::new(), |mut m, (sym, a)| {
+                m.entry(sym).or_insert_with(Vec::new).push(a);
+                m
+            }),
         ws: WsConfig {
             live_from: args.ws_live_from,
             bars_per_sec: args.ws_bars_per_sec,

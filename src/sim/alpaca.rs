@@ -169,6 +169,7 @@ impl Api {
                     return message(403, "subscription does not permit querying recent SIP data")
                 }
                 Some(SymbolFault::ServerError) => return server_error(),
+                Some(SymbolFault::RateLimited) => return rate_limited(1),
                 Some(SymbolFault::EchoKey) => {
                     return message(403, &format!("key {} is not entitled to {s}", self.api_key))
                 }

@@ -25,6 +25,9 @@ pub(crate) struct Api {
     pub symbols: HashSet<String>,
     /// Changed while serving by [`super::Simulator::set_symbol_fault`].
     pub symbol_faults: std::sync::Mutex<HashMap<String, SymbolFault>>,
+    /// Yahoo's splits and dividends per symbol; changed while serving by
+    /// [`super::Simulator::add_yahoo_action`].
+    pub yahoo_actions: std::sync::Mutex<super::yahoo::Actions>,
     pub data_from_ms: Option<i64>,
     pub data_to_ms: Option<i64>,
     pub page_size: usize,
@@ -99,6 +102,7 @@ fn symbol_fault(id: &str, fault: SymbolFault) -> Option<Answer> {
         SymbolFault::NotFound => Some(ticker_not_found(id)),
         SymbolFault::Forbidden => Some(error(403, "NOT_AUTHORIZED", "message", id, NOT_ENTITLED)),
         SymbolFault::ServerError => Some(server_error(id)),
+        SymbolFault::RateLimited => Some(rate_limited(id, 1)),
         SymbolFault::InconsistentBars
         | SymbolFault::Padded
         | SymbolFault::Oversized
@@ -240,7 +244,15 @@ pub(crate) struct Described {
 }
 
 pub(crate) fn describe(target: &str) -> Described {
-    let (path, _) = split_target(target);
+    let (path, query) = split_target(target);
+    if super::yahoo::is_yahoo(path) {
+        let (symbol, p1, p2) = super::yahoo::describe(path, query);
+        return Described {
+            symbol,
+            from_ms: p1.map(|s| s.saturating_mul(1000)),
+            to_ms: p2.map(|s| s.saturating_mul(1000) - 1),
+        };
+    }
     match aggs_path(path) {
         Some(p) => Described {
             symbol: p.ticker,
@@ -291,6 +303,9 @@ impl Api {
         let (path, query) = split_target(&req.target);
         if path == super::alpaca::PATH {
             return self.alpaca_bars(req, query);
+        }
+        if super::yahoo::is_yahoo(path) {
+            return self.yahoo_chart(path, query);
         }
         let q = parse_query(query);
         if q.api_key {
@@ -496,6 +511,7 @@ mod tests {
             api_key: "k".into(),
             symbols: ["AAPL".to_string(), "I:SPX".to_string()].into(),
             symbol_faults: Default::default(),
+            yahoo_actions: Default::default(),
             data_from_ms: None,
             data_to_ms: None,
             page_size: 3,

@@ -25,6 +25,7 @@ mod http;
 mod series;
 mod server;
 mod ws;
+mod yahoo;
 
 use std::collections::HashMap;
 use std::io;
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 
 pub use series::{series, SimBar};
 pub use ws::{WsConfig, WsConnRecord, WsFault};
+pub use yahoo::{chart_rows, parse_action as parse_yahoo_action, YahooAction, YahooRow};
 
 use server::{lock, Shared};
 use ws::WsShared;
@@ -64,6 +66,8 @@ pub struct SimConfig {
     /// Standing answers for particular tickers (after authentication). On the stream, a 404 or
     /// 403 ticker sends no bars and `inconsistent` spoils the same bars as on REST.
     pub symbol_faults: HashMap<String, SymbolFault>,
+    /// Yahoo's splits and dividends per ticker; more with [`Simulator::add_yahoo_action`].
+    pub yahoo_actions: HashMap<String, Vec<YahooAction>>,
     /// The WebSocket stream.
     pub ws: WsConfig,
 }
@@ -79,6 +83,7 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             faults: Vec::new(),
             symbol_faults: HashMap::new(),
+            yahoo_actions: HashMap::new(),
             ws: WsConfig::default(),
         }
     }
@@ -152,6 +157,9 @@ pub enum SymbolFault {
     Forbidden,
     /// 500 on every request.
     ServerError,
+    /// 429 on every request: a vendor that keeps refusing this client (Yahoo's plain-text
+    /// `Too Many Requests`, Polygon's and Alpaca's own shapes).
+    RateLimited,
     /// Normal answers, except that the bars [`is_inconsistent`] picks have `h` and `l` swapped
     /// (high below open and close): what a client must reject and log, keeping the rest.
     InconsistentBars,
@@ -185,6 +193,7 @@ impl FromStr for SymbolFault {
             "404" => Ok(SymbolFault::NotFound),
             "403" => Ok(SymbolFault::Forbidden),
             "500" => Ok(SymbolFault::ServerError),
+            "429" => Ok(SymbolFault::RateLimited),
             "inconsistent" => Ok(SymbolFault::InconsistentBars),
             "seconds" => Ok(SymbolFault::SecondsTimestamps),
             "endless" => Ok(SymbolFault::EndlessCursor),
@@ -192,7 +201,7 @@ impl FromStr for SymbolFault {
             "padded" => Ok(SymbolFault::Padded),
             "oversized" => Ok(SymbolFault::Oversized),
             _ => Err(format!(
-                "unknown symbol fault {s:?} (expected 404, 403, 500, inconsistent, seconds, endless, echo-key, padded or oversized)"
+                "unknown symbol fault {s:?} (expected 404, 403, 429, 500, inconsistent, seconds, endless, echo-key, padded or oversized)"
             )),
         }
     }
@@ -271,6 +280,7 @@ impl Simulator {
             api_key: cfg.api_key,
             symbols: cfg.symbols.into_iter().collect(),
             symbol_faults: std::sync::Mutex::new(cfg.symbol_faults),
+            yahoo_actions: std::sync::Mutex::new(cfg.yahoo_actions),
             data_from_ms: cfg.data_from.map(|d| d.timestamp_millis()),
             data_to_ms: cfg.data_to.map(|d| d.timestamp_millis()),
             page_size: cfg.page_size,
@@ -310,6 +320,14 @@ impl Simulator {
             Some(f) => faults.insert(symbol.to_string(), f),
             None => faults.remove(symbol),
         };
+    }
+
+    /// Yahoo shows `action` for `symbol` from the next request on (and restates its history).
+    pub fn add_yahoo_action(&self, symbol: &str, action: YahooAction) {
+        lock(&self.shared.api.yahoo_actions)
+            .entry(symbol.to_string())
+            .or_default()
+            .push(action);
     }
 
     /// Queues more faults behind those not yet consumed.

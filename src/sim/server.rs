@@ -346,8 +346,14 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
         let fault = lock(&shared.faults).pop_front();
         let id = shared.next_id();
         let alpaca = super::alpaca::is_alpaca(&req.target);
+        let yahoo = super::yahoo::is_yahoo(&req.target);
         let (answer, delivery) = match &fault {
             None | Some(Fault::None) => (answer(&shared, &req, &id).await, Delivery::Whole),
+            Some(Fault::TooManyRequests { .. }) if yahoo => {
+                (super::yahoo::too_many_requests(), Delivery::Whole)
+            }
+            Some(Fault::ServerError) if yahoo => (super::yahoo::server_error(), Delivery::Whole),
+            Some(Fault::Unauthorized) if yahoo => (super::yahoo::unauthorized(), Delivery::Whole),
             Some(Fault::TooManyRequests { retry_after_secs }) if alpaca => (
                 super::alpaca::rate_limited(*retry_after_secs),
                 Delivery::Whole,

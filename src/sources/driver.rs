@@ -69,11 +69,15 @@ pub struct SourceContext {
 impl SourceContext {
     /// Queues a chunk (waiting while the queue is full, and saying so when that lasts); its
     /// batches report to the driver once committed.
-    pub async fn send(&self, mut chunk: Chunk) -> Result<(), PipelineClosed> {
-        self.read.fetch_add(
-            (chunk.bars.len() + chunk.rejections.len()) as u64,
-            Ordering::Relaxed,
-        );
+    pub async fn send(&self, chunk: Chunk) -> Result<(), PipelineClosed> {
+        let read = (chunk.bars.len() + chunk.rejections.len()) as u64;
+        self.send_counted(chunk, read).await
+    }
+
+    /// [`send`](Self::send), counting `read` rows taken in (a vendor row that becomes bars of
+    /// two data sources is one row read).
+    pub async fn send_counted(&self, mut chunk: Chunk, read: u64) -> Result<(), PipelineClosed> {
+        self.read.fetch_add(read, Ordering::Relaxed);
         if chunk.ack.is_none() {
             chunk.ack = Some(self.ack.clone());
         }

@@ -78,6 +78,8 @@ pub struct Vendor {
     pub history: Arc<dyn History>,
     /// `None`: the vendor does not stream, or its stream is switched off.
     pub live: Option<Arc<dyn Live>>,
+    /// How often `run` polls its history for recent bars (Yahoo, which has no stream).
+    pub poll: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -484,3 +484,68 @@ pub async fn run_measured(args: &[&str], env: &[(&str, &str)]) -> Measured {
         .await
         .unwrap()
 }
+
+fn wire_decimal(s: &str) -> Decimal {
+    if s.contains(['e', 'E']) {
+        Decimal::from_scientific(s).unwrap()
+    } else {
+        s.parse().unwrap()
+    }
+}
+
+fn round4(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(4, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// What the simulator serves as Yahoo's daily chart of `symbol` for `[from, to]` (its data
+/// range), split into the rows that must be stored as `yahoo` and as `yahoo_adjusted` by epoch
+/// ms, computed here from the wire's text (yfinance's auto-adjust: ratio = adjclose / close,
+/// open, high and low times it, close = adjclose, rounded once), and the count of rows with a
+/// `null` (which must not be stored).
+pub fn yahoo_expected(
+    symbol: &str,
+    actions: &[mdingest::sim::YahooAction],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> (
+    std::collections::BTreeMap<i64, Row>,
+    std::collections::BTreeMap<i64, Row>,
+    usize,
+) {
+    let rows = mdingest::sim::chart_rows(
+        symbol,
+        mdingest::domain::Timeframe::D1,
+        from.timestamp() - 86_400,
+        to.timestamp() + 86_400,
+        actions,
+        (Some(from.timestamp_millis()), Some(to.timestamp_millis())),
+    );
+    let (mut raw, mut adjusted, mut nulls) = (
+        std::collections::BTreeMap::new(),
+        std::collections::BTreeMap::new(),
+        0,
+    );
+    for r in rows {
+        let (Some(o), Some(h), Some(l), Some(c), Some(v), Some(a)) =
+            (&r.open, &r.high, &r.low, &r.close, &r.volume, &r.adjclose)
+        else {
+            nulls += 1;
+            continue;
+        };
+        let [o, h, l, c, a] = [o, h, l, c, a].map(|t| wire_decimal(t));
+        let v: i64 = v.parse().unwrap();
+        raw.insert(r.t * 1000, (round4(o), round4(h), round4(l), round4(c), v));
+        let ratio = a / c;
+        adjusted.insert(
+            r.t * 1000,
+            (
+                round4(o * ratio),
+                round4(h * ratio),
+                round4(l * ratio),
+                round4(a),
+                v,
+            ),
+        );
+    }
+    (raw, adjusted, nulls)
+}

@@ -32,6 +32,7 @@ pub fn vendor(cfg: &Config) -> Option<Result<Vendor, SourceError>> {
             symbols: a.symbols.clone(),
             history: Arc::new(rest),
             live,
+            poll: None,
         })
     };
     Some(build())

@@ -36,6 +36,7 @@ pub fn vendor(cfg: &Config) -> Option<Result<Vendor, SourceError>> {
             symbols: p.symbols.clone(),
             history: Arc::new(rest),
             live,
+            poll: None,
         })
     };
     Some(build())

@@ -24,6 +24,7 @@ pub fn vendor(cfg: &Config) -> Option<Result<Vendor, SourceError>> {
             symbols: y.symbols.clone(),
             history: Arc::new(rest),
             live: None,
+            poll: Some(std::time::Duration::from_secs(y.poll_interval_secs)),
         })
     };
     Some(build())

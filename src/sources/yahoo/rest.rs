@@ -109,7 +109,14 @@ impl YahooRest {
             super::decode::error_message,
         )
         .and_then(|h| h.with_client(BROWSER_USER_AGENT, cfg.proxy_url.as_ref()))
-        .map_err(|e| YahooError::Setup(e.detail()))?;
+        .map_err(|e| YahooError::Setup(e.detail()))?
+        .with_retry(RetryPolicy {
+            // Yahoo's 429 is rarely a quota that passes within minutes (see `http_text`):
+            // a few seconds of backoff, then the window fails and the next poll or run
+            // tries again.
+            max_attempts_throttled: 4,
+            ..RetryPolicy::default()
+        });
         Ok(YahooRest {
             http,
             chart_url,

@@ -1,0 +1,259 @@
+//! Yahoo against the simulator's chart endpoint and a real PostgreSQL: `yahoo` and
+//! `yahoo_adjusted` from one fetch, exactly (checked against values computed here from the
+//! wire's text), null rows logged, an unknown symbol named while the others load, a plain-text
+//! 429 retried, a 429 that persists reported as Yahoo refusing the client, and a range without
+//! trading.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use common::*;
+use mdingest::domain::{Symbol, Timeframe};
+use mdingest::sim::{Fault, SimConfig, Simulator, YahooAction};
+
+const FROM: &str = "2024-01-02";
+const TO: &str = "2024-06-28";
+
+fn day(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+/// AAPL pays a dividend in March and splits 4:1 a week later; MSFT has neither.
+fn actions() -> Vec<YahooAction> {
+    vec![
+        YahooAction::Dividend {
+            day: day("2024-03-06"),
+            amount: 2_400,
+        },
+        YahooAction::Split {
+            day: day("2024-03-13"),
+            numerator: 4,
+            denominator: 1,
+        },
+    ]
+}
+
+fn data_range() -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        "2024-01-02T05:00:00Z".parse().unwrap(),
+        "2024-06-29T03:59:59.999Z".parse().unwrap(),
+    )
+}
+
+async fn setup(tag: &str, symbols: &[&str]) -> (TestDb, Simulator, tempfile::TempDir, PathBuf) {
+    let db = TestDb::migrated(tag).await;
+    let (from, to) = data_range();
+    let sim = Simulator::start(SimConfig {
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        data_from: Some(from),
+        data_to: Some(to),
+        yahoo_actions: [("AAPL".to_string(), actions())].into(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(
+        dir.path(),
+        &format!(
+            "[sources.yahoo]\nrest_url = \"{}\"\nsymbols = [\"AAPL\"]\ntimeframe = \"1d\"\n\
+             adjusted = true\nrequests_per_minute = 6000\n",
+            sim.base_url()
+        ),
+    );
+    (db, sim, dir, cfg)
+}
+
+fn args<'a>(cfg: &'a Path, source: &'a str, symbols: &'a str) -> Vec<&'a str> {
+    vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "backfill",
+        "--source",
+        source,
+        "--symbols",
+        symbols,
+        "--from",
+        FROM,
+        "--to",
+        TO,
+    ]
+}
+
+/// What the simulator served for `symbol` over the data range (see `yahoo_expected`).
+fn expected(
+    symbol: &str,
+    actions: &[YahooAction],
+) -> (BTreeMap<i64, Row>, BTreeMap<i64, Row>, usize) {
+    let (from, to) = data_range();
+    yahoo_expected(symbol, actions, from, to)
+}
+
+fn of_symbol(rows: &BTreeMap<(String, i64), Row>, symbol: &str) -> BTreeMap<i64, Row> {
+    rows.iter()
+        .filter(|((s, _), _)| s == symbol)
+        .map(|((_, t), r)| (*t, *r))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fetch_stores_yahoo_and_yahoo_adjusted_exactly() {
+    let (db, sim, _dir, cfg) = setup("yahoo_exact", &["AAPL", "MSFT"]).await;
+    let out = run_measured(&args(&cfg, "yahoo", "AAPL,MSFT"), &[]).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let yahoo = stored_bars_of(&db, "yahoo").await;
+    let adjusted = stored_bars_of(&db, "yahoo_adjusted").await;
+    let mut vendor_rows = 0;
+    let mut null_rows = 0;
+    for (symbol, actions) in [("AAPL", actions()), ("MSFT", Vec::new())] {
+        let (want_raw, want_adj, nulls) = expected(symbol, &actions);
+        assert!(want_raw.len() > 100, "{symbol}: {} rows", want_raw.len());
+        assert_eq!(of_symbol(&yahoo, symbol), want_raw, "{symbol}: yahoo");
+        assert_eq!(
+            of_symbol(&adjusted, symbol),
+            want_adj,
+            "{symbol}: yahoo_adjusted"
+        );
+        vendor_rows += want_raw.len() + nulls;
+        null_rows += nulls;
+    }
+    assert!(null_rows > 0, "the simulator served no null row");
+    // Before the split, AAPL's adjusted prices are a quarter of what was traded, less the
+    // dividend: the adjustment really happened.
+    let first = yahoo.keys().find(|(s, _)| s == "AAPL").unwrap();
+    assert!(adjusted[first].3 < yahoo[first].3);
+    // Every row with a null is in the quality log, under `yahoo` and named.
+    let logged = db
+        .count("SELECT count(*) FROM data_ingestion.data_quality_logs WHERE data_source = 'yahoo' AND check_name IN ('null_row', 'missing_value')")
+        .await;
+    assert_eq!(logged as usize, null_rows);
+    // The summary: fetched in vendor rows, inserted in rows of both sources.
+    assert_eq!(
+        summary_value(&out.stdout, "fetched"),
+        vendor_rows.to_string()
+    );
+    assert_eq!(
+        summary_value(&out.stdout, "inserted"),
+        (yahoo.len() + adjusted.len()).to_string()
+    );
+    assert!(
+        out.stdout.contains("yahoo_adjusted: inserted"),
+        "{}",
+        out.stdout
+    );
+    let states: Vec<String> = db
+        .column("SELECT data_source || ' ' || symbol || ' ' || mode || ' ' || state FROM data_ingestion.ingestion_status ORDER BY 1")
+        .await;
+    assert_eq!(
+        states,
+        [
+            "yahoo AAPL backfill completed",
+            "yahoo MSFT backfill completed",
+            "yahoo_adjusted AAPL backfill completed",
+            "yahoo_adjusted MSFT backfill completed",
+        ]
+    );
+    // One request per symbol and window, with a browser's User-Agent and no trailing bar kept.
+    let requests = sim.requests();
+    assert!(requests
+        .iter()
+        .all(|r| r.target.starts_with("/v8/finance/chart/")));
+    assert!(requests.iter().all(|r| r.target.contains("interval=1d")));
+    let latest = yahoo.keys().map(|(_, t)| *t).max().unwrap();
+    assert!(latest <= data_range().1.timestamp_millis());
+
+    // `--source yahoo_adjusted` is the same fetch: the same windows are done already.
+    let out = run_measured(&args(&cfg, "yahoo_adjusted", "AAPL,MSFT"), &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(sim.requests().len(), requests.len(), "fetched again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_symbol_is_named_while_the_others_load() {
+    let (db, _sim, _dir, cfg) = setup("yahoo_404", &["AAPL"]).await;
+    let out = run_measured(&args(&cfg, "yahoo", "AAPL,NOPE"), &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("NOPE: unknown symbol"), "{all}");
+    assert!(
+        all.contains("No data found, symbol may be delisted"),
+        "{all}"
+    );
+    let (want, _, _) = expected("AAPL", &actions());
+    assert_eq!(of_symbol(&stored_bars_of(&db, "yahoo").await, "AAPL"), want);
+    let states: Vec<String> = db
+        .column("SELECT data_source || ' ' || symbol || ' ' || state FROM data_ingestion.ingestion_status WHERE symbol = 'NOPE' ORDER BY 1")
+        .await;
+    assert_eq!(states, ["yahoo NOPE error", "yahoo_adjusted NOPE error"]);
+}
+
+fn client(sim: &Simulator) -> mdingest::sources::yahoo::rest::YahooRest {
+    let cfg = mdingest::config::Config::from_toml_str(&format!(
+        "[sources.yahoo]\nrest_url = \"{}\"\nrequests_per_minute = 6000\n",
+        sim.base_url()
+    ))
+    .unwrap();
+    mdingest::sources::yahoo::rest::YahooRest::new(cfg.sources.yahoo.as_ref().unwrap())
+        .unwrap()
+        .with_retry(mdingest::sources::http::RetryPolicy::fast())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_text_429_is_retried_and_one_that_persists_is_yahoo_refusing_the_client() {
+    let sim = Simulator::start(SimConfig {
+        symbols: vec!["AAPL".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let rest = client(&sim);
+    let aapl: Symbol = "AAPL".parse().unwrap();
+    let (from, to) = (
+        Utc.with_ymd_and_hms(2024, 6, 3, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2024, 6, 8, 0, 0, 0).unwrap(),
+    );
+    let throttled = Fault::TooManyRequests {
+        retry_after_secs: 0,
+    };
+    sim.push_faults([throttled.clone(), throttled.clone()]);
+    let chart = rest.chart(&aapl, Timeframe::D1, from, to).await.unwrap();
+    assert!(!chart.bars.is_empty());
+    let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 429, 200]);
+
+    sim.push_faults(std::iter::repeat_n(throttled, 40));
+    let err = rest
+        .chart(&aapl, Timeframe::D1, from, to)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("Yahoo refuses this client"), "{text}");
+    assert!(text.contains("proxy_url"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weekend_has_no_bars_and_no_error() {
+    let sim = Simulator::start(SimConfig {
+        symbols: vec!["AAPL".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let rest = client(&sim);
+    let aapl: Symbol = "AAPL".parse().unwrap();
+    // Saturday and Sunday, 2024-06-08 and 09 (New York).
+    let chart = rest
+        .chart(
+            &aapl,
+            Timeframe::D1,
+            Utc.with_ymd_and_hms(2024, 6, 8, 4, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2024, 6, 10, 4, 0, 0).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(chart.bars.is_empty() && chart.rejections.is_empty());
+    assert!(chart.adjusted.is_empty());
+}
