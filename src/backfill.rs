@@ -18,6 +18,7 @@ use crate::db::{self, DbError};
 use crate::domain::{DataSource, Symbol, Timeframe};
 use crate::ingest::{Chunk, Feed};
 use crate::progress::{Progress, Unit};
+use crate::restate::{self, Fetch};
 use crate::shutdown::Shutdown;
 use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
 use crate::sources::{window_text, Blame, FetchError, History, SourceError};
@@ -493,12 +494,14 @@ pub async fn fetch_tasks(
     // Per task: bars sent, rows refused.
     let mut sent: HashMap<&str, (i64, u64)> =
         symbols.iter().map(|s| (s.as_str(), (0, 0))).collect();
+    let mut actions = Vec::new();
     loop {
         let page = tokio::select! {
             p = pages.next() => p?,
             _ = ctx.stop().cancelled() => return Ok(None),
         };
-        let Some(page) = page else { break };
+        let Some(mut page) = page else { break };
+        actions.append(&mut page.actions);
         settled &= page.settled;
         if page.bars.is_empty() && page.rejections.is_empty() {
             continue;
@@ -531,6 +534,22 @@ pub async fn fetch_tasks(
         let chunk = Chunk::new(first.mode, page.bars, page.rejections);
         if ctx.send_counted(chunk, n as u64).await.is_err() {
             return Ok(None);
+        }
+    }
+    if !actions.is_empty() {
+        let fetch = Fetch {
+            history,
+            sources: std::iter::once(first.source)
+                .chain(history.also_writes().iter().copied())
+                .collect(),
+            timeframe: first.timeframe,
+            mode: first.mode,
+            from,
+        };
+        for symbol in &symbols {
+            if let Err(e) = restate::on_actions(ctx, &fetch, symbol, &actions).await {
+                return e.into_fetch_error().map_or(Ok(None), Err);
+            }
         }
     }
     // Done only once every bar of the window is committed.

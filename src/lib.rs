@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod pipeline;
 pub mod poll;
 pub mod progress;
+pub mod restate;
 pub mod run;
 pub mod shutdown;
 pub mod sim;

@@ -6,14 +6,17 @@
 //! (one per data source the fetch writes) start `running`; a failed fetch sets them `error`
 //! with its message, and a bar of a later poll that commits makes them `running` again. A
 //! vendor that refuses for minutes (Yahoo's 429s) shows there and touches no other source.
+//! A split or dividend a poll shows for the first time has the symbol's older stored history
+//! rewritten (`crate::restate`).
 
 use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::domain::{Mode, Timeframe};
+use crate::domain::{DataSource, Mode, Timeframe};
 use crate::ingest::{Chunk, Feed, FeedChange, Transition};
 use crate::pipeline::PipelineClosed;
+use crate::restate::{self, Fetch};
 use crate::sources::driver::{SourceContext, SourceEnd};
 use crate::sources::{FetchError, Vendor};
 
@@ -34,11 +37,19 @@ pub struct PollFeed {
 }
 
 impl PollFeed {
-    /// Every symbol's `poll` feeds: one per data source a fetch writes.
-    fn feeds_of(&self, symbol: &crate::domain::Symbol) -> Vec<Feed> {
+    /// The data sources a fetch writes.
+    fn sources(&self) -> Vec<DataSource> {
         let v = &self.vendor;
         std::iter::once(v.source)
             .chain(v.history.also_writes().iter().copied())
+            .collect()
+    }
+
+    /// Every symbol's `poll` feeds: one per data source a fetch writes.
+    fn feeds_of(&self, symbol: &crate::domain::Symbol) -> Vec<Feed> {
+        let v = &self.vendor;
+        self.sources()
+            .into_iter()
             .map(|source| Feed {
                 source,
                 symbol: symbol.clone(),
@@ -133,12 +144,14 @@ impl PollFeed {
         let mut pages = v
             .history
             .pages(std::slice::from_ref(symbol), v.timeframe, from, now);
+        let mut actions = Vec::new();
         loop {
             let page = tokio::select! {
                 p = pages.next() => p?,
                 _ = ctx.stop().cancelled() => return Ok(false),
             };
-            let Some(page) = page else { return Ok(true) };
+            let Some(mut page) = page else { break };
+            actions.append(&mut page.actions);
             if page.bars.is_empty() && page.rejections.is_empty() {
                 continue;
             }
@@ -152,6 +165,20 @@ impl PollFeed {
             if ctx.send_counted(chunk, own as u64).await.is_err() {
                 return Ok(false);
             }
+        }
+        if actions.is_empty() {
+            return Ok(true);
+        }
+        let fetch = Fetch {
+            history: &*v.history,
+            sources: self.sources(),
+            timeframe: v.timeframe,
+            mode: Mode::Poll,
+            from,
+        };
+        match restate::on_actions(ctx, &fetch, symbol, &actions).await {
+            Ok(_) => Ok(true),
+            Err(e) => e.into_fetch_error().map_or(Ok(false), Err),
         }
     }
 }

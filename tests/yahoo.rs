@@ -257,3 +257,147 @@ async fn a_weekend_has_no_bars_and_no_error() {
     assert!(chart.bars.is_empty() && chart.rejections.is_empty());
     assert!(chart.adjusted.is_empty());
 }
+
+/// The latest weekdays before today (New York), newest first.
+fn recent_weekdays(n: usize) -> Vec<NaiveDate> {
+    use chrono::Datelike;
+    let today = Utc::now()
+        .with_timezone(&chrono_tz::America::New_York)
+        .date_naive();
+    let mut out = Vec::new();
+    let mut d = today;
+    while out.len() < n {
+        d = d.pred_opt().unwrap();
+        if !matches!(d.weekday(), chrono::Weekday::Sat | chrono::Weekday::Sun) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Waits (up to a minute) until `sql` counts `n`.
+async fn wait_for(db: &TestDb, sql: &str, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while db.count(sql).await != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 60 s: {sql}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_dividend_rewrites_the_adjusted_history_and_a_new_split_both_sources() {
+    let db = TestDb::migrated("yahoo_actions").await;
+    let days = recent_weekdays(3);
+    let ny = |d: NaiveDate, h: u32| {
+        chrono_tz::America::New_York
+            .from_local_datetime(&d.and_hms_opt(h, 0, 0).unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    // Sixty days of history up to the end of the last weekday, so no bar is still forming.
+    let (from, to) = (
+        ny(days[0] - chrono::Duration::days(60), 0),
+        ny(days[0], 23) + chrono::Duration::minutes(59),
+    );
+    let sim = Simulator::start(SimConfig {
+        symbols: vec!["AAPL".into()],
+        data_from: Some(from),
+        data_to: Some(to),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(
+        dir.path(),
+        &format!(
+            "[service]\nshutdown_timeout_secs = 10\n[sources.yahoo]\nrest_url = \"{}\"\n\
+             symbols = [\"AAPL\"]\ntimeframe = \"1d\"\nadjusted = true\npoll_interval_secs = 1\n\
+             requests_per_minute = 6000\n",
+            sim.base_url()
+        ),
+    );
+    let (from_day, to_day) = (
+        (days[0] - chrono::Duration::days(60)).to_string(),
+        days[0].to_string(),
+    );
+    let out = run_measured(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "backfill",
+            "--source",
+            "yahoo",
+            "--symbols",
+            "AAPL",
+            "--from",
+            &from_day,
+            "--to",
+            &to_day,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let (raw, adjusted, _) = yahoo_expected("AAPL", &[], from, to);
+    assert!(raw.len() > 30);
+    assert_eq!(of_symbol(&stored_bars_of(&db, "yahoo").await, "AAPL"), raw);
+
+    let child = spawn_mdingest(&["--config", cfg.to_str().unwrap(), "run"]);
+    let dividend = YahooAction::Dividend {
+        day: days[1],
+        amount: 5_000,
+    };
+    sim.add_yahoo_action("AAPL", dividend);
+    let logged = "SELECT count(*) FROM data_ingestion.data_quality_logs WHERE check_name = 'corporate_action' AND severity = 'info' AND action = 'repaired'";
+    wait_for(&db, logged, 1).await;
+    wait_for(
+        &db,
+        "SELECT count(*) FROM data_ingestion.corporate_actions WHERE kind = 'dividend'",
+        1,
+    )
+    .await;
+    // Every stored adjusted bar before the dividend now carries it; the quote is unchanged.
+    let (raw_d, adjusted_d, _) = yahoo_expected("AAPL", &[dividend], from, to);
+    assert_eq!(raw_d, raw, "a dividend does not change the quote");
+    assert_ne!(adjusted_d, adjusted);
+    assert_eq!(
+        of_symbol(&stored_bars_of(&db, "yahoo_adjusted").await, "AAPL"),
+        adjusted_d
+    );
+    assert_eq!(of_symbol(&stored_bars_of(&db, "yahoo").await, "AAPL"), raw);
+
+    let split = YahooAction::Split {
+        day: days[2],
+        numerator: 3,
+        denominator: 1,
+    };
+    sim.add_yahoo_action("AAPL", split);
+    wait_for(&db, logged, 2).await;
+    wait_for(
+        &db,
+        "SELECT count(*) FROM data_ingestion.corporate_actions",
+        2,
+    )
+    .await;
+    let (raw_s, adjusted_s, _) = yahoo_expected("AAPL", &[dividend, split], from, to);
+    assert_ne!(raw_s, raw);
+    assert_eq!(
+        of_symbol(&stored_bars_of(&db, "yahoo").await, "AAPL"),
+        raw_s
+    );
+    assert_eq!(
+        of_symbol(&stored_bars_of(&db, "yahoo_adjusted").await, "AAPL"),
+        adjusted_s
+    );
+    signal(&child, libc::SIGTERM);
+    let out = tokio::task::spawn_blocking(move || wait_measured(child))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // Seen once: later polls show the same actions and rewrite nothing more.
+    assert_eq!(db.count(logged).await, 2);
+}

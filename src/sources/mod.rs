@@ -143,6 +143,35 @@ pub struct Page {
     /// False when the vendor says its newest bars may still change (a delayed plan): the
     /// window is fetched again later.
     pub settled: bool,
+    /// Splits and dividends the page shows, for vendors that restate history for them
+    /// (`crate::restate`).
+    pub actions: Vec<CorporateAction>,
+}
+
+/// A split or a dividend as a vendor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorporateAction {
+    pub symbol: Symbol,
+    pub kind: ActionKind,
+    /// When it takes effect (the ex-date's session, as the vendor stamps it).
+    pub at: DateTime<Utc>,
+    /// `4:1` for a split, the amount for a dividend, as the vendor wrote it.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ActionKind {
+    Split,
+    Dividend,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Split => "split",
+            ActionKind::Dividend => "dividend",
+        }
+    }
 }
 
 /// Why fetching a window failed, in the terms the work queue acts on. The message names the

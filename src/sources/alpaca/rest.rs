@@ -337,6 +337,7 @@ impl Pages for AlpacaPager {
                 bars: p.bars,
                 rejections: p.rejections,
                 settled: true,
+                actions: Vec::new(),
             }))
         })
     }

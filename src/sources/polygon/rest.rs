@@ -147,6 +147,7 @@ impl Pages for Pager {
                 bars: p.bars,
                 rejections: p.rejections,
                 settled: !p.delayed,
+                actions: Vec::new(),
             }))
         })
     }

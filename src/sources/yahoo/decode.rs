@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::domain::{parse_decimal, Bar, DataSource, DomainError, Symbol, Timeframe};
 use crate::ingest::Rejection;
+use crate::sources::{ActionKind, CorporateAction};
 use crate::text::excerpt;
 
 /// How much of a body that is not chart JSON an error quotes.
@@ -37,30 +38,6 @@ pub struct Chart {
     pub rejections: Vec<Rejection>,
     /// Splits and dividends the response shows, oldest first.
     pub actions: Vec<CorporateAction>,
-}
-
-/// A split or a dividend, as `events` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CorporateAction {
-    pub kind: ActionKind,
-    pub at: DateTime<Utc>,
-    /// `4:1` for a split, the amount for a dividend (its wire text).
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ActionKind {
-    Split,
-    Dividend,
-}
-
-impl ActionKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionKind::Split => "split",
-            ActionKind::Dividend => "dividend",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,7 +187,7 @@ pub fn decode_chart(body: &[u8], req: &Request<'_>) -> Result<Chart, DecodeError
         });
     };
     let mut chart = Chart {
-        actions: actions(result.events),
+        actions: actions(req.symbol, result.events),
         ..Chart::default()
     };
     // No trading in the range: no `timestamp`, and `quote` is `[{}]`.
@@ -411,7 +388,7 @@ fn adjust(
     .map_err(fail)
 }
 
-fn actions(events: Option<Events<'_>>) -> Vec<CorporateAction> {
+fn actions(symbol: &Symbol, events: Option<Events<'_>>) -> Vec<CorporateAction> {
     let Some(events) = events else {
         return Vec::new();
     };
@@ -423,6 +400,7 @@ fn actions(events: Option<Events<'_>>) -> Vec<CorporateAction> {
     for (key, d) in events.dividends.unwrap_or_default() {
         if let Some(at) = stamp(&key, d.date) {
             out.push(CorporateAction {
+                symbol: symbol.clone(),
                 kind: ActionKind::Dividend,
                 at,
                 detail: excerpt(d.amount.map_or("", RawValue::get), 40),
@@ -432,6 +410,7 @@ fn actions(events: Option<Events<'_>>) -> Vec<CorporateAction> {
     for (key, s) in events.splits.unwrap_or_default() {
         if let Some(at) = stamp(&key, s.date) {
             out.push(CorporateAction {
+                symbol: symbol.clone(),
                 kind: ActionKind::Split,
                 at,
                 detail: excerpt(s.split_ratio.as_deref().unwrap_or(""), 40),
@@ -544,11 +523,13 @@ mod tests {
             chart.actions,
             [
                 CorporateAction {
+                    symbol: sym.clone(),
                     kind: ActionKind::Dividend,
                     at: Utc.timestamp_opt(1717507800, 0).unwrap(),
                     detail: "0.25".into()
                 },
                 CorporateAction {
+                    symbol: sym.clone(),
                     kind: ActionKind::Split,
                     at: Utc.timestamp_opt(1717767000, 0).unwrap(),
                     detail: "2:1".into()

@@ -260,6 +260,7 @@ impl Pages for YahooPages {
                 bars,
                 rejections: chart.rejections,
                 settled: true,
+                actions: chart.actions,
             }))
         })
     }
