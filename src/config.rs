@@ -715,6 +715,10 @@ impl Config {
     }
 }
 
+/// What a `proxy_url` may be: an HTTP(S) proxy, or SOCKS5 (`socks5h`: names resolved by the
+/// proxy).
+pub(crate) const PROXY_SCHEMES: &[&str] = &["http", "https", "socks5", "socks5h"];
+
 pub(crate) fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), (String, String)> {
     match url::Url::parse(raw) {
         Ok(u) if schemes.contains(&u.scheme()) => Ok(()),

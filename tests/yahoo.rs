@@ -401,3 +401,67 @@ async fn a_new_dividend_rewrites_the_adjusted_history_and_a_new_split_both_sourc
     // Seen once: later polls show the same actions and rewrite nothing more.
     assert_eq!(db.count(logged).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_through_the_configured_proxy_http_or_socks5() {
+    let sim = Simulator::start(SimConfig {
+        symbols: vec!["AAPL".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let aapl: Symbol = "AAPL".parse().unwrap();
+    let (from, to) = (
+        Utc.with_ymd_and_hms(2024, 6, 3, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2024, 6, 8, 0, 0, 0).unwrap(),
+    );
+    for scheme in ["http", "socks5"] {
+        let proxy = RecordingProxy::start().await;
+        let cfg = mdingest::config::Config::from_toml_str(&format!(
+            "[sources.yahoo]\nrest_url = \"{}\"\nrequests_per_minute = 6000\n\
+             proxy_url = \"{scheme}://scott:tiger-secret@127.0.0.1:{}\"\n",
+            sim.base_url(),
+            proxy.port
+        ))
+        .unwrap();
+        let rest =
+            mdingest::sources::yahoo::rest::YahooRest::new(cfg.sources.yahoo.as_ref().unwrap())
+                .unwrap();
+        let chart = rest.chart(&aapl, Timeframe::D1, from, to).await.unwrap();
+        assert!(!chart.bars.is_empty(), "{scheme}");
+        let seen = proxy.seen();
+        assert_eq!(seen.len(), 1, "{scheme}: {seen:?}");
+        match scheme {
+            "http" => {
+                assert!(
+                    seen[0].starts_with(&format!(
+                        "GET {}/v8/finance/chart/AAPL?period1=",
+                        sim.base_url()
+                    )),
+                    "{seen:?}"
+                );
+                // The proxy's credentials go to the proxy only.
+                assert!(
+                    seen[0]
+                        .to_ascii_lowercase()
+                        .contains("proxy-authorization: basic"),
+                    "{seen:?}"
+                );
+            }
+            _ => assert_eq!(seen[0], format!("SOCKS5 {} [user scott]", sim.local_addr())),
+        }
+        // The request reached the vendor through it.
+        assert_eq!(sim.requests().last().unwrap().status, 200);
+    }
+    // check-config shows the proxy with its password redacted.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mdingest.toml");
+    std::fs::write(
+        &path,
+        "[sources.yahoo]\nproxy_url = \"socks5h://scott:tiger-secret@127.0.0.1:1080\"\n",
+    )
+    .unwrap();
+    let out = mdingest(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains("tiger-secret"), "{all}");
+}

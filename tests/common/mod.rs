@@ -549,3 +549,155 @@ pub fn yahoo_expected(
     }
     (raw, adjusted, nulls)
 }
+
+/// A forward proxy on a loopback port that records what it is asked for: HTTP (absolute-form
+/// requests, and `CONNECT` tunnels) and SOCKS5 (no authentication, `CONNECT`), told apart by
+/// the first byte. Each request line (or `SOCKS5 host:port`) is recorded with the
+/// `Proxy-Authorization` header when one came.
+pub struct RecordingProxy {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RecordingProxy {
+    pub async fn start() -> RecordingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 1];
+                    if client.peek(&mut first).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let upstream = if first[0] == 5 {
+                        socks5(&mut client, &log).await
+                    } else {
+                        http_proxy(&mut client, &log).await
+                    };
+                    if let Some(mut up) = upstream {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                    }
+                });
+            }
+        });
+
+        async fn socks5(
+            c: &mut tokio::net::TcpStream,
+            log: &std::sync::Mutex<Vec<String>>,
+        ) -> Option<tokio::net::TcpStream> {
+            let mut head = [0u8; 2];
+            c.read_exact(&mut head).await.ok()?;
+            let mut methods = vec![0u8; head[1] as usize];
+            c.read_exact(&mut methods).await.ok()?;
+            // Username and password (RFC 1929) when offered: the client has credentials.
+            let mut user = String::new();
+            if methods.contains(&2) {
+                c.write_all(&[5, 2]).await.ok()?;
+                let mut v = [0u8; 2];
+                c.read_exact(&mut v).await.ok()?;
+                let mut name = vec![0u8; v[1] as usize];
+                c.read_exact(&mut name).await.ok()?;
+                let mut n = [0u8; 1];
+                c.read_exact(&mut n).await.ok()?;
+                let mut pass = vec![0u8; n[0] as usize];
+                c.read_exact(&mut pass).await.ok()?;
+                c.write_all(&[1, 0]).await.ok()?;
+                user = format!(" [user {}]", String::from_utf8_lossy(&name));
+            } else {
+                c.write_all(&[5, 0]).await.ok()?;
+            }
+            let mut req = [0u8; 4];
+            c.read_exact(&mut req).await.ok()?;
+            let host = match req[3] {
+                1 => {
+                    let mut a = [0u8; 4];
+                    c.read_exact(&mut a).await.ok()?;
+                    std::net::Ipv4Addr::from(a).to_string()
+                }
+                3 => {
+                    let mut n = [0u8; 1];
+                    c.read_exact(&mut n).await.ok()?;
+                    let mut name = vec![0u8; n[0] as usize];
+                    c.read_exact(&mut name).await.ok()?;
+                    String::from_utf8(name).ok()?
+                }
+                _ => return None,
+            };
+            let mut p = [0u8; 2];
+            c.read_exact(&mut p).await.ok()?;
+            let target = format!("{host}:{}", u16::from_be_bytes(p));
+            log.lock().unwrap().push(format!("SOCKS5 {target}{user}"));
+            let up = tokio::net::TcpStream::connect(&target).await.ok()?;
+            c.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 0]).await.ok()?;
+            Some(up)
+        }
+
+        async fn http_proxy(
+            c: &mut tokio::net::TcpStream,
+            log: &std::sync::Mutex<Vec<String>>,
+        ) -> Option<tokio::net::TcpStream> {
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") {
+                if c.read(&mut byte).await.ok()? == 0 || buf.len() > 65_536 {
+                    return None;
+                }
+                buf.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&buf).into_owned();
+            let mut lines = head.split("\r\n");
+            let line = lines.next()?.to_string();
+            let auth = lines
+                .clone()
+                .find(|l| l.to_ascii_lowercase().starts_with("proxy-authorization:"))
+                .map(|l| format!(" [{}]", l.trim()))
+                .unwrap_or_default();
+            log.lock().unwrap().push(format!("{line}{auth}"));
+            let mut parts = line.split(' ');
+            let (method, target) = (parts.next()?, parts.next()?);
+            if method == "CONNECT" {
+                let up = tokio::net::TcpStream::connect(target).await.ok()?;
+                c.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+                    .ok()?;
+                return Some(up);
+            }
+            // Absolute-form: to the origin server in origin-form, one request per connection.
+            let rest = target.strip_prefix("http://")?;
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let path = if path.is_empty() { "/" } else { path };
+            let mut up = tokio::net::TcpStream::connect(authority).await.ok()?;
+            let mut out = format!("{method} {path} HTTP/1.1\r\n");
+            for l in lines.filter(|l| !l.is_empty()) {
+                let lower = l.to_ascii_lowercase();
+                if !lower.starts_with("proxy-") && !lower.starts_with("connection:") {
+                    out.push_str(l);
+                    out.push_str("\r\n");
+                }
+            }
+            out.push_str("Connection: close\r\n\r\n");
+            up.write_all(out.as_bytes()).await.ok()?;
+            let _ = tokio::io::copy(&mut up, c).await;
+            None
+        }
+
+        RecordingProxy { port, seen, task }
+    }
+
+    /// What the proxy was asked for, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     check_symbols, check_url, default_symbols, symbol_list, within, Secret, SecretUrl,
-    SourceSection,
+    SourceSection, PROXY_SCHEMES,
 };
 use crate::domain::{Symbol, Timeframe};
 
@@ -23,7 +23,7 @@ pub struct AlpacaConfig {
     pub stream: bool,
     pub requests_per_minute: u32,
     pub stale_after_secs: u64,
-    /// An HTTP(S) proxy for REST requests; its password is shown redacted.
+    /// An HTTP(S) or SOCKS5 proxy for REST requests; its password is shown redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<SecretUrl>,
 }
@@ -66,7 +66,7 @@ impl SourceSection for AlpacaConfig {
         )?;
         check_url("sources.alpaca.ws_url", &self.ws_url, &["ws", "wss"])?;
         if let Some(p) = &self.proxy_url {
-            check_url("sources.alpaca.proxy_url", p.expose(), &["http", "https"])?;
+            check_url("sources.alpaca.proxy_url", p.expose(), PROXY_SCHEMES)?;
         }
         if !matches!(self.feed.as_str(), "iex" | "sip" | "delayed_sip" | "otc") {
             return Err((

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     check_symbols, check_url, default_symbols, symbol_list, within, Secret, SecretUrl,
-    SourceSection,
+    SourceSection, PROXY_SCHEMES,
 };
 use crate::domain::{Symbol, Timeframe};
 
@@ -21,7 +21,7 @@ pub struct PolygonConfig {
     pub stream: bool,
     pub requests_per_minute: u32,
     pub stale_after_secs: u64,
-    /// An HTTP(S) proxy for REST requests; its password is shown redacted.
+    /// An HTTP(S) or SOCKS5 proxy for REST requests; its password is shown redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<SecretUrl>,
 }
@@ -60,7 +60,7 @@ impl SourceSection for PolygonConfig {
         )?;
         check_url("sources.polygon.ws_url", &self.ws_url, &["ws", "wss"])?;
         if let Some(p) = &self.proxy_url {
-            check_url("sources.polygon.proxy_url", p.expose(), &["http", "https"])?;
+            check_url("sources.polygon.proxy_url", p.expose(), PROXY_SCHEMES)?;
         }
         within(
             "sources.polygon.requests_per_minute",

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     check_symbols, check_url, default_symbols, symbol_list, within, SecretUrl, SourceSection,
+    PROXY_SCHEMES,
 };
 use crate::domain::{Symbol, Timeframe};
 
@@ -18,7 +19,7 @@ pub struct YahooConfig {
     pub adjusted: bool,
     pub poll_interval_secs: u64,
     pub requests_per_minute: u32,
-    /// An HTTP(S) proxy for its requests; its password is shown redacted.
+    /// An HTTP(S) or SOCKS5 proxy for its requests; its password is shown redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<SecretUrl>,
 }
@@ -48,7 +49,7 @@ impl SourceSection for YahooConfig {
     fn validate(&self) -> Result<(), (String, String)> {
         check_url("sources.yahoo.rest_url", &self.rest_url, &["http", "https"])?;
         if let Some(p) = &self.proxy_url {
-            check_url("sources.yahoo.proxy_url", p.expose(), &["http", "https"])?;
+            check_url("sources.yahoo.proxy_url", p.expose(), PROXY_SCHEMES)?;
         }
         within(
             "sources.yahoo.poll_interval_secs",
