@@ -465,3 +465,77 @@ async fn requests_go_through_the_configured_proxy_http_or_socks5() {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!all.contains("tiger-secret"), "{all}");
 }
+
+/// Whether `tool` runs here.
+fn has(tool: &str, arg: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The `impersonate` build (Yahoo through wreq with Chrome's TLS fingerprint) loads Yahoo's
+/// chart like the default one. Building it compiles BoringSSL, which needs cmake and libclang:
+/// without them this says why it skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_impersonate_build_loads_yahoo_when_it_can_be_built_here() {
+    let libclang = std::process::Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libclang"));
+    let missing: Vec<&str> = [("cmake", has("cmake", "--version")), ("libclang", libclang)]
+        .into_iter()
+        .filter(|(_, there)| !there)
+        .map(|(name, _)| name)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "skipped: the impersonate feature builds BoringSSL, which needs {} (apt-get install -y cmake libclang-dev)",
+            missing.join(" and ")
+        );
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target").join("impersonate");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--locked",
+                "--features",
+                "impersonate",
+                "--bin",
+                "mdingest",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(root)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let (db, _sim, _dir, cfg) = setup("yahoo_impersonate", &["AAPL"]).await;
+    let bin = root.join("target/impersonate/debug/mdingest");
+    let out = std::process::Command::new(bin)
+        .args(args(&cfg, "yahoo", "AAPL"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (want, adjusted, _) = expected("AAPL", &actions());
+    assert_eq!(of_symbol(&stored_bars_of(&db, "yahoo").await, "AAPL"), want);
+    assert_eq!(
+        of_symbol(&stored_bars_of(&db, "yahoo_adjusted").await, "AAPL"),
+        adjusted
+    );
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use reqwest::{redirect, Response, StatusCode};
+use reqwest::{redirect, StatusCode};
 use url::Url;
 
 use crate::config::{Secret, SecretUrl};
@@ -239,7 +239,7 @@ pub enum Body<T> {
 #[derive(Clone)]
 pub struct HttpSource {
     vendor: &'static str,
-    client: reqwest::Client,
+    client: Client,
     auth: Arc<[(HeaderName, HeaderValue)]>,
     /// The credentials, to scrub them out of any message a vendor echoes back.
     secrets: Arc<[Secret]>,
@@ -304,7 +304,7 @@ impl HttpSource {
             value.set_sensitive(true);
             headers.push((name.clone(), value));
         }
-        let client = build_client(vendor, USER_AGENT, None)?;
+        let client = Client::Plain(build_client(vendor, USER_AGENT, None)?);
         Ok(HttpSource {
             vendor,
             client,
@@ -330,7 +330,37 @@ impl HttpSource {
         user_agent: &str,
         proxy: Option<&SecretUrl>,
     ) -> Result<Self, HttpError> {
-        self.client = build_client(self.vendor, user_agent, proxy)?;
+        self.client = Client::Plain(build_client(self.vendor, user_agent, proxy)?);
+        Ok(self)
+    }
+
+    /// A browser's TLS and HTTP/2 fingerprint (Chrome's, through wreq), and the proxy: for a
+    /// vendor that refuses other clients (Yahoo). Redirects are not followed.
+    #[cfg(feature = "impersonate")]
+    pub fn impersonating(mut self, proxy: Option<&SecretUrl>) -> Result<Self, HttpError> {
+        let vendor = self.vendor;
+        let setup = |what: &str, e: wreq::Error| {
+            HttpError::setup(
+                vendor,
+                format!("{what}: {}", crate::text::one_line(&e.without_uri())),
+            )
+        };
+        let mut builder = wreq::Client::builder()
+            .emulation(wreq_util::Emulation::Chrome131)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .gzip(true)
+            .redirect(wreq::redirect::Policy::none());
+        if let Some(p) = proxy {
+            let proxy = wreq::Proxy::all(p.expose())
+                .map_err(|e| setup(&format!("proxy_url {} is not usable", p.redacted()), e))?;
+            builder = builder.proxy(proxy);
+        }
+        self.client = Client::Browser(
+            builder
+                .build()
+                .map_err(|e| setup("cannot build the HTTP client", e))?,
+        );
         Ok(self)
     }
 
@@ -422,11 +452,11 @@ impl HttpSource {
     /// One request: the body of a 2xx and its headers, with the big-body turn it took, if it
     /// grew that large.
     async fn attempt(&self, url: &Url) -> Result<(Vec<u8>, HeaderMap, Option<BigTurn>), Failed> {
-        let mut req = self.client.get(url.clone());
-        for (name, value) in self.auth.iter() {
-            req = req.header(name, value.clone());
-        }
-        let mut resp = req.send().await.map_err(|e| self.transport(e))?;
+        let mut resp = self
+            .client
+            .send(url, &self.auth)
+            .await
+            .map_err(|e| self.transport(e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.status_failure(resp).await);
@@ -465,25 +495,18 @@ impl HttpSource {
                     }
                     body.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok((body, std::mem::take(resp.headers_mut()), turn)),
+                Ok(None) => return Ok((body, resp.take_headers(), turn)),
                 Err(e) => return Err(self.transport(e)),
             }
         }
     }
 
-    fn transport(&self, e: reqwest::Error) -> Failed {
-        // Builder and redirect errors are ours or the vendor's setup: trying again repeats them.
-        let retryable = !(e.is_builder() || e.is_redirect());
-        let reason = if e.is_timeout() {
-            "timed out".to_string()
-        } else {
-            crate::text::one_line(&e.without_url())
-        };
+    fn transport(&self, e: TransportError) -> Failed {
         Failed {
             problem: Problem::Transport {
-                reason: self.scrub(&reason),
+                reason: self.scrub(&e.reason),
             },
-            retry: if retryable {
+            retry: if e.retryable {
                 Retry::Failure { after: None }
             } else {
                 Retry::No
@@ -491,7 +514,7 @@ impl HttpSource {
         }
     }
 
-    async fn status_failure(&self, mut resp: Response) -> Failed {
+    async fn status_failure(&self, mut resp: Reply) -> Failed {
         let status = resp.status();
         let after = retry_after(resp.headers(), Utc::now());
         let location = resp
@@ -536,6 +559,155 @@ impl HttpSource {
     /// it must not reach a log, an error or a table.
     pub fn scrub(&self, text: &str) -> String {
         crate::text::scrub(text, &self.secrets)
+    }
+}
+
+/// The client a vendor's requests go through: reqwest on rustls, or (the `impersonate`
+/// feature) wreq with a browser's TLS and HTTP/2 fingerprint.
+#[derive(Clone)]
+enum Client {
+    Plain(reqwest::Client),
+    #[cfg(feature = "impersonate")]
+    Browser(wreq::Client),
+}
+
+/// A response as [`HttpSource`] reads it, whichever client made it.
+enum Reply {
+    Plain(reqwest::Response),
+    #[cfg(feature = "impersonate")]
+    Browser {
+        status: StatusCode,
+        headers: HeaderMap,
+        length: Option<u64>,
+        url: Url,
+        body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, TransportError>>,
+    },
+}
+
+/// A request that failed before a status came back, or whose body broke off.
+struct TransportError {
+    /// Our words and the client's, never the URL.
+    reason: String,
+    /// Builder and redirect errors are ours or the vendor's setup: trying again repeats them.
+    retryable: bool,
+}
+
+impl From<reqwest::Error> for TransportError {
+    fn from(e: reqwest::Error) -> Self {
+        let retryable = !(e.is_builder() || e.is_redirect());
+        TransportError {
+            reason: if e.is_timeout() {
+                "timed out".to_string()
+            } else {
+                crate::text::one_line(&e.without_url())
+            },
+            retryable,
+        }
+    }
+}
+
+#[cfg(feature = "impersonate")]
+impl From<wreq::Error> for TransportError {
+    fn from(e: wreq::Error) -> Self {
+        let retryable = !(e.is_builder() || e.is_redirect());
+        TransportError {
+            reason: if e.is_timeout() {
+                "timed out".to_string()
+            } else {
+                crate::text::one_line(&e.without_uri())
+            },
+            retryable,
+        }
+    }
+}
+
+impl Client {
+    async fn send(
+        &self,
+        url: &Url,
+        auth: &[(HeaderName, HeaderValue)],
+    ) -> Result<Reply, TransportError> {
+        match self {
+            Client::Plain(c) => {
+                let mut req = c.get(url.clone());
+                for (name, value) in auth {
+                    req = req.header(name, value.clone());
+                }
+                Ok(Reply::Plain(req.send().await?))
+            }
+            #[cfg(feature = "impersonate")]
+            Client::Browser(c) => {
+                use futures_util::StreamExt;
+                let mut req = c.get(url.as_str());
+                for (name, value) in auth {
+                    req = req.header(name, value.clone());
+                }
+                let mut resp = req.send().await?;
+                Ok(Reply::Browser {
+                    status: resp.status(),
+                    headers: std::mem::take(resp.headers_mut()),
+                    length: resp.content_length(),
+                    url: url.clone(),
+                    body: resp
+                        .bytes_stream()
+                        .map(|c| c.map_err(TransportError::from))
+                        .boxed(),
+                })
+            }
+        }
+    }
+}
+
+impl Reply {
+    fn status(&self) -> StatusCode {
+        match self {
+            Reply::Plain(r) => r.status(),
+            #[cfg(feature = "impersonate")]
+            Reply::Browser { status, .. } => *status,
+        }
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        match self {
+            Reply::Plain(r) => r.content_length(),
+            #[cfg(feature = "impersonate")]
+            Reply::Browser { length, .. } => *length,
+        }
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Reply::Plain(r) => r.headers(),
+            #[cfg(feature = "impersonate")]
+            Reply::Browser { headers, .. } => headers,
+        }
+    }
+
+    fn take_headers(&mut self) -> HeaderMap {
+        match self {
+            Reply::Plain(r) => std::mem::take(r.headers_mut()),
+            #[cfg(feature = "impersonate")]
+            Reply::Browser { headers, .. } => std::mem::take(headers),
+        }
+    }
+
+    fn url(&self) -> &Url {
+        match self {
+            Reply::Plain(r) => r.url(),
+            #[cfg(feature = "impersonate")]
+            Reply::Browser { url, .. } => url,
+        }
+    }
+
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, TransportError> {
+        match self {
+            Reply::Plain(r) => Ok(r.chunk().await?),
+            #[cfg(feature = "impersonate")]
+            Reply::Browser { body, .. } => {
+                use futures_util::StreamExt;
+                body.next().await.transpose()
+            }
+        }
     }
 }
 

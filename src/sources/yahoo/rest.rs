@@ -108,7 +108,7 @@ impl YahooRest {
             Vec::new(),
             super::decode::error_message,
         )
-        .and_then(|h| h.with_client(BROWSER_USER_AGENT, cfg.proxy_url.as_ref()))
+        .and_then(|h| client(h, cfg))
         .map_err(|e| YahooError::Setup(e.detail()))?
         .with_retry(RetryPolicy {
             // Yahoo's 429 is rarely a quota that passes within minutes (see `http_text`):
@@ -182,6 +182,18 @@ impl YahooRest {
             source,
         })
     }
+}
+
+/// A browser's `User-Agent` on rustls; with the `impersonate` feature, a browser's TLS and
+/// HTTP/2 fingerprint too (Yahoo refuses other handshakes, whatever the headers).
+#[cfg(not(feature = "impersonate"))]
+fn client(h: HttpSource, cfg: &YahooConfig) -> Result<HttpSource, HttpError> {
+    h.with_client(BROWSER_USER_AGENT, cfg.proxy_url.as_ref())
+}
+
+#[cfg(feature = "impersonate")]
+fn client(h: HttpSource, cfg: &YahooConfig) -> Result<HttpSource, HttpError> {
+    h.impersonating(cfg.proxy_url.as_ref())
 }
 
 fn interval(tf: Timeframe) -> &'static str {
