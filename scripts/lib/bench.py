@@ -804,8 +804,18 @@ def table_digest(url):
     return psql_value(url, """
 SELECT md5(string_agg(concat_ws(',', symbol, extract(epoch FROM timestamp)::bigint, open, high,
                                 low, close, volume, data_source), E'\\n'
-                      ORDER BY symbol, timestamp))
+                      ORDER BY symbol, timestamp, data_source))
 FROM data_ingestion.market_data""")
+
+
+def first_differences(url_a, url_b, n=5):
+    """The first rows (sorted) in which two market_data tables differ, for a failure message."""
+    sql = ("SELECT concat_ws(',', data_source, symbol, timestamp, open, high, low, close, volume) "
+           "FROM data_ingestion.market_data ORDER BY data_source, symbol, timestamp")
+    a = psql_value(url_a, sql).splitlines()
+    b = psql_value(url_b, sql).splitlines()
+    diff = [f"  mdingest {x}\n  psql     {y}" for x, y in zip(a, b) if x != y][:n]
+    return "\n".join(diff) or f"  ({len(a)} rows against {len(b)})"
 
 
 BACKFILL_NAMES = [
@@ -884,7 +894,8 @@ def bench_backfill(vendor, date_from, date_to):
             fail(f"the re-backfill's summary is not {fetched} fetched, {rows} unchanged:\n{out}")
         # The psql contenders loaded the very same rows, value for value.
         if table_digest(url) != table_digest(url_copy):
-            fail("market_data after the backfill differs from the CSV the psql baselines loaded")
+            fail("market_data after the backfill differs from the CSV the psql baselines loaded:\n"
+                 + first_differences(url, url_copy))
     finally:
         sim.stop()
         SIM_PID = None

@@ -267,7 +267,10 @@ pub async fn write_batch(
                     }
                     written = true;
                 }
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => sp.rollback().await?,
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    tracing::debug!(rows = entries.len(), "not all new: merging instead");
+                    sp.rollback().await?
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -34,6 +34,7 @@ const LOUD_AFTER: u64 = 10;
 pub(crate) async fn write_loop(
     shard: usize,
     mut rx: tokio::sync::mpsc::Receiver<Batch>,
+    busy: tokio::sync::watch::Sender<bool>,
     ctx: WriterContext,
 ) -> Result<Totals, PipelineError> {
     let mut state = WriterState {
@@ -60,7 +61,10 @@ pub(crate) async fn write_loop(
             }
             continue;
         }
-        match commit(&ctx, batch, &mut state).await {
+        busy.send_replace(true);
+        let committed = commit(&ctx, batch, &mut state).await;
+        busy.send_replace(false);
+        match committed {
             Ok(report) => {
                 if let Some(t) = oldest {
                     // The batch's worst receipt-to-commit lag (its oldest row's): what the

@@ -148,15 +148,24 @@ impl Pipeline {
             abandon,
         };
         let mut shards = Vec::with_capacity(cfg.writers);
+        let mut busy = Vec::with_capacity(cfg.writers);
         let mut writers = Vec::with_capacity(cfg.writers);
         for shard in 0..cfg.writers {
             // One batch waiting while one is written: enough to keep a writer busy.
             let (btx, brx) = mpsc::channel::<Batch>(1);
+            let (busy_tx, busy_rx) = tokio::sync::watch::channel(false);
             shards.push(btx);
-            writers.push(tokio::spawn(commit::write_loop(shard, brx, ctx.clone())));
+            busy.push(busy_rx);
+            writers.push(tokio::spawn(commit::write_loop(
+                shard,
+                brx,
+                busy_tx,
+                ctx.clone(),
+            )));
         }
         let router = Router {
             shards,
+            busy,
             open: (0..cfg.writers)
                 .map(|_| Batch::with_capacity(cfg.batch_max_rows.min(INITIAL_BATCH_CAPACITY)))
                 .collect(),
@@ -241,6 +250,8 @@ impl Drop for CloseOnDrop {
 
 struct Router {
     shards: Vec<mpsc::Sender<Batch>>,
+    /// Whether each shard's writer is committing a batch now.
+    busy: Vec<tokio::sync::watch::Receiver<bool>>,
     open: Vec<Batch>,
     max_rows: usize,
     max_age: Duration,
@@ -257,11 +268,32 @@ impl Router {
                 .filter(|b| !b.is_empty())
                 .map(|b| b.opened + self.max_age)
                 .min();
+            // A batch someone waits on goes as soon as its writer can take it (see `route`).
+            let waited_on = self
+                .open
+                .iter()
+                .position(|b| b.barrier)
+                .map(|s| (s, self.shards[s].clone(), self.busy[s].clone()));
+            let writer_free = async move {
+                match waited_on {
+                    Some((s, tx, mut busy)) => {
+                        // A writer that is gone shows in the send.
+                        let _ = busy.wait_for(|b| !*b).await;
+                        (s, tx.reserve_owned().await)
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let next = match deadline {
                 Some(d) => tokio::select! {
                     q = rx.recv() => q,
                     _ = tokio::time::sleep_until(d.into()) => {
                         if self.flush_expired().await.is_err() { return; }
+                        continue;
+                    }
+                    (s, permit) = writer_free => {
+                        let Ok(permit) = permit else { return };
+                        self.send_with(s, permit);
                         continue;
                     }
                 },
@@ -310,11 +342,18 @@ impl Router {
                 .await?;
         }
         if let Some(symbol) = barrier {
-            // Someone waits on it (a backfill task, to be marked done): the batch goes now
-            // instead of at its age limit, which would idle the waiting worker.
+            // Someone waits on it (a backfill task, to be marked done): the batch goes as soon
+            // as its writer can take it, not at its age limit, which would idle the waiting
+            // worker. While the writer is busy it stays open and gathers what other workers
+            // send (many small windows, Yahoo's, would otherwise be a transaction each).
             let shard = self.shard_of(symbol.as_str());
             self.add(shard, ack.as_ref(), |b| b.barrier = true).await?;
-            return self.flush(shard).await;
+            if !*self.busy[shard].borrow() {
+                if let Ok(permit) = self.shards[shard].clone().try_reserve_owned() {
+                    self.send_with(shard, permit);
+                }
+            }
+            return Ok(());
         }
         for r in rejections {
             let shard = self.shard_of(r.symbol.as_deref().unwrap_or(""));
@@ -378,6 +417,15 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// Sends `shard`'s open batch on a slot already reserved in its writer's channel.
+    fn send_with(&mut self, shard: usize, permit: mpsc::OwnedPermit<Batch>) {
+        if self.open[shard].is_empty() {
+            return;
+        }
+        let fresh = Batch::with_capacity(self.max_rows.min(INITIAL_BATCH_CAPACITY));
+        permit.send(std::mem::replace(&mut self.open[shard], fresh));
     }
 
     async fn flush(&mut self, shard: usize) -> Result<(), PipelineClosed> {
