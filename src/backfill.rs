@@ -332,33 +332,40 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
     )
     .await?;
     let most = shared.history.symbols_per_request();
+    // The window sent last, waiting for its commit while the next one is fetched: a worker
+    // never idles on the database, and a writer gathers several windows into one transaction.
+    let mut pending: Option<(Vec<Task>, Sent)> = None;
     loop {
-        if shared.ctx.stop().is_cancelled() || lock(&shared.fatal).is_some() {
-            return Ok(());
-        }
-        let skip: Vec<Symbol> = lock(&shared.failed).keys().cloned().collect();
-        let tasks = queue::claim(&client, &shared.range, &skip, most).await?;
+        let stopping = shared.ctx.stop().is_cancelled() || lock(&shared.fatal).is_some();
+        let tasks = if stopping {
+            Vec::new()
+        } else {
+            let skip: Vec<Symbol> = lock(&shared.failed).keys().cloned().collect();
+            queue::claim(&client, &shared.range, &skip, most).await?
+        };
         if tasks.is_empty() {
+            if let Some((done, sent)) = pending.take() {
+                complete(shared, &client, &done, sent).await?;
+            }
             return Ok(());
         }
-        let work = fetch_tasks(&shared.ctx, &*shared.history, &tasks, &shared.fetched);
-        match with_lease(&client, &tasks, work).await {
-            Ok(Some(ends)) => {
-                for (task, end) in tasks.iter().zip(ends) {
-                    match end {
-                        Ok((bars, settled)) => {
-                            queue::finish(&client, task, bars, settled).await?;
-                            let done = shared.tasks_done.fetch_add(1, Ordering::Relaxed) + 1;
-                            let fetched = shared.fetched.load(Ordering::Relaxed);
-                            let committed = shared.ctx.committed().written();
-                            lock(&shared.progress).update(done, || {
-                                format!("{fetched} bars fetched, {committed} committed")
-                            });
-                        }
-                        Err(e) => task_failed(shared, &client, task, &e).await?,
-                    }
+        let leased: Vec<Task> = pending
+            .iter()
+            .flat_map(|(t, _)| t.iter().cloned())
+            .chain(tasks.iter().cloned())
+            .collect();
+        let work = send_tasks(&shared.ctx, &*shared.history, &tasks, &shared.fetched);
+        let sent = with_lease(&client, &leased, work).await;
+        if let Some((done, earlier)) = pending.take() {
+            if !complete(shared, &client, &done, earlier).await? {
+                for task in &tasks {
+                    queue::release(&client, task, None).await?;
                 }
+                return Ok(());
             }
+        }
+        match sent {
+            Ok(Some(sent)) => pending = Some((tasks, sent)),
             // Stopped, or the database given up: the tasks stay pending for the next run.
             Ok(None) => {
                 for task in &tasks {
@@ -373,6 +380,37 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
             }
         }
     }
+}
+
+/// Waits for a sent window's commit and ends its tasks: done (with their bars), or failed.
+/// False when the run gave up first (the tasks are released, pending for the next run).
+async fn complete(
+    shared: &Shared,
+    client: &tokio_postgres::Client,
+    tasks: &[Task],
+    sent: Sent,
+) -> Result<bool, DbError> {
+    let Some(ends) = with_lease(client, tasks, sent.committed(tasks)).await else {
+        for task in tasks {
+            queue::release(client, task, None).await?;
+        }
+        return Ok(false);
+    };
+    for (task, end) in tasks.iter().zip(ends) {
+        match end {
+            Ok((bars, settled)) => {
+                queue::finish(client, task, bars, settled).await?;
+                let done = shared.tasks_done.fetch_add(1, Ordering::Relaxed) + 1;
+                let fetched = shared.fetched.load(Ordering::Relaxed);
+                let committed = shared.ctx.committed().written();
+                lock(&shared.progress).update(done, || {
+                    format!("{fetched} bars fetched, {committed} committed")
+                });
+            }
+            Err(e) => task_failed(shared, client, task, &e).await?,
+        }
+    }
+    Ok(true)
 }
 
 /// A task's window failed: it stays pending (the next run retries it), its feed shows the
@@ -481,8 +519,75 @@ pub async fn fetch_tasks(
     tasks: &[Task],
     fetched: &AtomicU64,
 ) -> Result<Option<Vec<TaskEnd>>, FetchError> {
+    match send_tasks(ctx, history, tasks, fetched).await? {
+        Some(sent) => Ok(sent.committed(tasks).await),
+        None => Ok(None),
+    }
+}
+
+/// A window's bars, sent: its barriers are queued behind them, and [`Sent::committed`] tells
+/// each task's end once they have passed.
+pub struct Sent {
+    /// Per task, in order: bars sent and rows refused.
+    counts: Vec<(i64, u64)>,
+    settled: bool,
+    barriers: Vec<driver::Barrier>,
+    /// The window, as errors name it.
+    window: String,
+}
+
+impl Sent {
+    /// Waits until every bar of the window is committed; each task's end, in order, or None
+    /// if the run gave up first.
+    pub async fn committed(self, tasks: &[Task]) -> Option<Vec<TaskEnd>> {
+        let Sent {
+            counts,
+            settled,
+            barriers,
+            window,
+        } = self;
+        let barriers = join_all(barriers.into_iter().map(driver::Barrier::committed));
+        let source = tasks.first().map_or("", |t| t.source.as_str());
+        let committed = driver::waiting_noted(barriers, || {
+            format!("committing the bars of {source} {window}")
+        });
+        if committed.await.iter().any(Option::is_none) {
+            return None;
+        }
+        let ends = tasks
+            .iter()
+            .zip(counts)
+            .map(|(task, (bars, refused))| {
+                if bars == 0 && refused > 0 {
+                    return Err(FetchError::new(
+                        format!(
+                            "{} {} {window}: none of the {refused} bars received could be stored (see data_quality_logs); the window stays pending",
+                            task.source, task.symbol,
+                        ),
+                        Blame::Request,
+                    ));
+                }
+                Ok((bars, settled))
+            })
+            .collect();
+        Some(ends)
+    }
+}
+
+/// [`fetch_tasks`] up to the commit: the window's pages sent, its barriers queued.
+pub async fn send_tasks(
+    ctx: &SourceContext,
+    history: &dyn History,
+    tasks: &[Task],
+    fetched: &AtomicU64,
+) -> Result<Option<Sent>, FetchError> {
     let Some(first) = tasks.first() else {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(Sent {
+            counts: Vec::new(),
+            settled: true,
+            barriers: Vec::new(),
+            window: String::new(),
+        }));
     };
     // Nothing exists before 1970 (the grid's first window starts in 1969), and the window's
     // future part has no bars yet (and a simulator would invent them).
@@ -552,37 +657,24 @@ pub async fn fetch_tasks(
             }
         }
     }
-    // Done only once every bar of the window is committed.
-    let barriers = join_all(symbols.iter().map(|s| ctx.committed_through(s)));
-    let committed = driver::waiting_noted(barriers, || {
-        format!(
-            "committing the bars of {} {}",
-            first.source,
-            window_text(from, to)
-        )
-    });
-    if committed.await.iter().any(Option::is_none) {
-        return Ok(None);
+    // Done only once every bar of the window is committed: the barriers ride behind them.
+    let mut barriers = Vec::with_capacity(symbols.len());
+    for symbol in &symbols {
+        match ctx.barrier(symbol).await {
+            Some(b) => barriers.push(b),
+            None => return Ok(None),
+        }
     }
-    let ends = tasks
+    let counts = tasks
         .iter()
-        .map(|task| {
-            let (bars, refused) = sent.get(task.symbol.as_str()).copied().unwrap_or_default();
-            if bars == 0 && refused > 0 {
-                return Err(FetchError::new(
-                    format!(
-                        "{} {} {}: none of the {refused} bars received could be stored (see data_quality_logs); the window stays pending",
-                        task.source,
-                        task.symbol,
-                        window_text(from, to)
-                    ),
-                    Blame::Request,
-                ));
-            }
-            Ok((bars, settled))
-        })
+        .map(|t| sent.get(t.symbol.as_str()).copied().unwrap_or_default())
         .collect();
-    Ok(Some(ends))
+    Ok(Some(Sent {
+        counts,
+        settled,
+        barriers,
+        window: window_text(from, to),
+    }))
 }
 
 #[cfg(test)]

@@ -43,6 +43,16 @@ pub trait Source: Send {
     fn run(self, ctx: SourceContext) -> impl Future<Output = SourceEnd> + Send;
 }
 
+/// A barrier queued by [`SourceContext::barrier`].
+pub struct Barrier(mpsc::UnboundedReceiver<BatchReport>);
+
+impl Barrier {
+    /// Resolves once every bar sent before the barrier is committed; None if given up.
+    pub async fn committed(mut self) -> Option<()> {
+        self.0.recv().await.map(|_| ())
+    }
+}
+
 /// What a source says when it returns.
 #[derive(Debug, Default)]
 pub struct SourceEnd {
@@ -110,12 +120,18 @@ impl SourceContext {
     /// Resolves once every bar of `symbol` sent before it (on this queue) is committed: the
     /// barrier rides behind them through the symbol's one writer. None if given up.
     pub async fn committed_through(&self, symbol: &Symbol) -> Option<()> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.barrier(symbol).await?.committed().await
+    }
+
+    /// Queues a barrier behind every bar of `symbol` sent so far, to be awaited later (a
+    /// backfill worker goes on to its next window meanwhile). None if the queue is closed.
+    pub async fn barrier(&self, symbol: &Symbol) -> Option<Barrier> {
+        let (tx, rx) = mpsc::unbounded_channel();
         self.queue
             .send(Chunk::barrier(symbol.clone(), tx))
             .await
             .ok()?;
-        rx.recv().await.map(|_| ())
+        Some(Barrier(rx))
     }
 
     pub fn stop(&self) -> &CancellationToken {
