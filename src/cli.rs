@@ -42,12 +42,16 @@ pub enum Command {
         /// Files to load (CSV or CSV.gz).
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Print the summary as one JSON object on stdout (same exit codes).
+        #[arg(long)]
+        json: bool,
     },
     /// Historical load from a vendor's REST API, then exit. Work is planned as tasks in
     /// data_ingestion.backfill_tasks: a re-run fetches only what is left, and several processes
     /// share one range.
     Backfill {
-        /// The vendor (today: polygon).
+        /// The data source: polygon, alpaca, yahoo or yahoo_adjusted (Yahoo's one fetch
+        /// writes both of its sources).
         #[arg(long, value_parser = parse_source)]
         source: DataSource,
         /// Symbols, comma-separated (default: the source's configured symbols).
@@ -65,12 +69,20 @@ pub enum Command {
         /// Fetch windows again that are already done (to pick up a vendor's corrections).
         #[arg(long)]
         force: bool,
+        /// Print the summary as one JSON object on stdout (same exit codes).
+        #[arg(long)]
+        json: bool,
     },
-    /// The daemon: streams every enabled source (today: Polygon), gap-filling through REST on
-    /// start and after every reconnect, until SIGTERM/SIGINT.
+    /// The daemon: streams every enabled source that streams (gap-filling through REST on
+    /// start and after every reconnect) and polls those that do not (Yahoo), until
+    /// SIGTERM/SIGINT.
     Run,
-    /// Print every feed's ingestion status as a table.
-    Status,
+    /// Print every feed's ingestion status (state, last bar and its lag, last error).
+    Status {
+        /// One JSON array of feeds instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and print it resolved, secrets redacted.
     CheckConfig,
 }
@@ -177,23 +189,29 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status => {
+        Command::Status { json } => {
             let pg = db::parse_url(cfg.database.url.expose())?;
             let client = db::connect(&pg, &cfg.database.url.redacted()).await?;
             db::migrate::check_current(&client).await?;
             let rows = db::status::read_all(&client)
                 .await
                 .context("cannot read data_ingestion.ingestion_status")?;
-            out(&db::status::render_table(&rows));
+            let now = chrono::Utc::now();
+            if json {
+                out(&format!("{}\n", db::status::render_json(&rows, now)));
+            } else {
+                out(&db::status::render_table(&rows, now));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Import {
             format: ImportFormat::PolygonFlatfile,
             paths,
+            json,
         } => {
             let shutdown = listening()?;
-            let summary = import::import(&cfg, paths, &shutdown, true).await?;
-            Ok(finish(&summary))
+            let summary = import::import(&cfg, paths, &shutdown, !json).await?;
+            Ok(finish(&summary, json))
         }
         Command::Run => {
             let shutdown = listening()?;
@@ -223,6 +241,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             to,
             timeframe,
             force,
+            json,
         } => {
             let shutdown = listening()?;
             let opts = BackfillOptions {
@@ -233,8 +252,8 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 timeframe,
                 force,
             };
-            let summary = backfill::backfill(&cfg, opts, &shutdown, true).await?;
-            Ok(finish(&summary))
+            let summary = backfill::backfill(&cfg, opts, &shutdown, !json).await?;
+            Ok(finish(&summary, json))
         }
     }
 }
@@ -248,12 +267,17 @@ fn listening() -> anyhow::Result<Shutdown> {
     Ok(shutdown)
 }
 
-/// Prints the summary and the lines that explain a non-zero exit; returns the exit code.
-fn finish(summary: &Summary) -> ExitCode {
+/// Prints the summary (as text, or as one JSON object for schedulers) and the lines that
+/// explain a non-zero exit; returns the exit code.
+fn finish(summary: &Summary, json: bool) -> ExitCode {
     for w in &summary.warnings {
         warn_line(w);
     }
-    out(&summary.to_string());
+    if json {
+        out(&format!("{}\n", summary.to_json()));
+    } else {
+        out(&summary.to_string());
+    }
     for f in &summary.failed {
         error_line(f);
     }

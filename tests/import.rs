@@ -501,3 +501,27 @@ async fn the_summary_adds_up_when_rows_repeat() {
         .await;
     assert_eq!(vols, [200]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_json_is_one_object_matching_the_rows_stored() {
+    let db = TestDb::migrated("import_json").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let mut args = import_args(&cfg, &[Path::new(MINUTE_FIXTURE)]);
+    args.push("--json");
+    let out = mdingest(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", stdout(&out)));
+    assert_eq!(summary["command"], "import");
+    assert_eq!(summary["inserted"], db.stored().await);
+    assert_eq!(
+        summary["by_source"]["polygon"]["inserted"],
+        db.stored().await
+    );
+    let logged = db
+        .count("SELECT count(*) FROM data_ingestion.data_quality_logs")
+        .await;
+    assert_eq!(summary["rejected"], logged);
+    assert_eq!(summary["exit_code"], 0);
+}

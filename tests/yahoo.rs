@@ -543,3 +543,61 @@ async fn the_impersonate_build_loads_yahoo_when_it_can_be_built_here() {
         adjusted
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_and_status_speak_json_for_schedulers() {
+    let (db, _sim, _dir, cfg) = setup("yahoo_json", &["AAPL"]).await;
+    let mut a = args(&cfg, "yahoo", "AAPL,NOPE");
+    a.push("--json");
+    let out = run_measured(&a, &[]).await;
+    // NOPE is unknown: the same exit code as without --json, the failure in the object.
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", out.stdout));
+    let yahoo = stored_bars_of(&db, "yahoo").await.len() as u64;
+    let adjusted = stored_bars_of(&db, "yahoo_adjusted").await.len() as u64;
+    assert_eq!(summary["command"], "backfill");
+    assert_eq!(summary["inserted"], yahoo + adjusted);
+    assert_eq!(summary["by_source"]["yahoo"]["inserted"], yahoo);
+    assert_eq!(summary["by_source"]["yahoo_adjusted"]["inserted"], adjusted);
+    assert_eq!(summary["exit_code"], 1);
+    let failed = summary["failed"].as_array().unwrap();
+    assert!(
+        failed.iter().any(|f| f.as_str().unwrap().contains("NOPE")),
+        "{failed:?}"
+    );
+    assert!(summary["seconds"].as_f64().unwrap() > 0.0);
+
+    let out = mdingest(
+        &["--config", cfg.to_str().unwrap(), "status", "--json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let feeds: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let row = |source: &str, symbol: &str| {
+        feeds
+            .iter()
+            .find(|f| f["data_source"] == source && f["symbol"] == symbol)
+            .unwrap_or_else(|| panic!("no {source} {symbol} in {feeds:?}"))
+            .clone()
+    };
+    let aapl = row("yahoo", "AAPL");
+    assert_eq!(aapl["state"], "completed");
+    assert_eq!(aapl["rows_written"], yahoo);
+    assert_eq!(row("yahoo_adjusted", "AAPL")["rows_written"], adjusted);
+    // The last bar is months old: its lag says so.
+    assert!(
+        aapl["lag_seconds"].as_i64().unwrap() > 86_400 * 30,
+        "{aapl}"
+    );
+    let nope = row("yahoo", "NOPE");
+    assert_eq!(nope["state"], "error");
+    assert!(
+        nope["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown symbol"),
+        "{nope}"
+    );
+    assert!(nope["lag_seconds"].is_null());
+}

@@ -47,8 +47,46 @@ pub async fn read_all(client: &Client) -> Result<Vec<StatusRow>, DbError> {
         .collect())
 }
 
+/// How far a feed's newest committed bar lies behind `now`, in whole seconds.
+fn lag_secs(r: &StatusRow, now: DateTime<Utc>) -> Option<i64> {
+    r.last_bar_timestamp.map(|t| (now - t).num_seconds().max(0))
+}
+
+/// `5s`, `3m`, `2h`, `4d`: a lag as the table shows it.
+fn lag_text(secs: Option<i64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 7_200 => format!("{}m", s / 60),
+        Some(s) if s < 172_800 => format!("{}h", s / 3_600),
+        Some(s) => format!("{}d", s / 86_400),
+    }
+}
+
+/// Every feed as one JSON array (`status --json`), with its lag in seconds.
+pub fn render_json(rows: &[StatusRow], now: DateTime<Utc>) -> serde_json::Value {
+    let ts = |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339());
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "data_source": r.data_source,
+                "symbol": r.symbol,
+                "mode": r.mode,
+                "timeframe": r.timeframe,
+                "state": r.state,
+                "last_bar_timestamp": ts(&r.last_bar_timestamp),
+                "lag_seconds": lag_secs(r, now),
+                "rows_written": r.rows_written,
+                "last_success_at": ts(&r.last_success_at),
+                "last_error": r.last_error,
+                "updated_at": r.updated_at.to_rfc3339(),
+            })
+        })
+        .collect()
+}
+
 /// Renders rows as an aligned text table.
-pub fn render_table(rows: &[StatusRow]) -> String {
+pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
     let ts = |t: &Option<DateTime<Utc>>| {
         t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
@@ -60,11 +98,12 @@ pub fn render_table(rows: &[StatusRow]) -> String {
         "TF",
         "STATE",
         "LAST BAR",
+        "LAG",
         "ROWS",
         "LAST SUCCESS",
         "LAST ERROR",
     ];
-    let body: Vec<[String; 9]> = rows
+    let body: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -74,6 +113,7 @@ pub fn render_table(rows: &[StatusRow]) -> String {
                 r.timeframe.clone(),
                 r.state.clone(),
                 ts(&r.last_bar_timestamp),
+                lag_text(lag_secs(r, now)),
                 r.rows_written.to_string(),
                 ts(&r.last_success_at),
                 r.last_error
@@ -92,8 +132,8 @@ pub fn render_table(rows: &[StatusRow]) -> String {
     let line = |cells: &[&str]| {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            // ROWS is a number: right-aligned.
-            if i == 6 {
+            // LAG and ROWS are numbers: right-aligned.
+            if i == 6 || i == 7 {
                 s.push_str(&format!("{cell:>w$}"));
             } else {
                 s.push_str(&format!("{cell:<w$}"));

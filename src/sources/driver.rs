@@ -232,6 +232,48 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// The summary as one JSON object (`backfill --json`, `import --json`): the counts in all
+    /// and per data source, the command's own lines, what failed, and how the run ended.
+    pub fn to_json(&self) -> serde_json::Value {
+        let counts = |c: &WriteCounts| {
+            serde_json::json!({
+                "inserted": c.inserted,
+                "updated": c.updated,
+                "unchanged": c.unchanged,
+                "rejected": c.rejected,
+            })
+        };
+        let by_source: serde_json::Map<String, serde_json::Value> = self
+            .by_source
+            .iter()
+            .map(|(s, c)| (s.as_str().to_string(), counts(c)))
+            .collect();
+        let lines: serde_json::Map<String, serde_json::Value> = self
+            .lines
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
+            .collect();
+        serde_json::json!({
+            "command": self.what,
+            "read_label": self.read_label,
+            "read": self.read,
+            "inserted": self.counts.inserted,
+            "updated": self.counts.updated,
+            "unchanged": self.counts.unchanged,
+            "rejected": self.counts.rejected,
+            "duplicates": self.counts.duplicates,
+            "by_source": by_source,
+            "details": lines,
+            "failed": self.failed,
+            "seconds": (self.seconds * 1000.0).round() / 1000.0,
+            "interrupted_by": self.interrupted.map(|s| s.name()),
+            "not_committed": self.not_committed,
+            "exit_code": self.exit_code(),
+        })
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rate = if self.seconds > 0.0 {
