@@ -14,8 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::domain::{DataSource, Mode, Timeframe};
-use crate::ingest::{Chunk, Feed, FeedChange, Transition};
-use crate::pipeline::PipelineClosed;
+use crate::ingest::{Chunk, Feed, Transition};
 use crate::restate::{self, Fetch};
 use crate::sources::driver::{SourceContext, SourceEnd};
 use crate::sources::{FetchError, Vendor};
@@ -59,22 +58,6 @@ impl PollFeed {
             .collect()
     }
 
-    async fn change(
-        &self,
-        ctx: &SourceContext,
-        feeds: Vec<Feed>,
-        to: Transition,
-    ) -> Result<(), PipelineClosed> {
-        let changes = feeds
-            .into_iter()
-            .map(|feed| FeedChange {
-                feed,
-                to: to.clone(),
-            })
-            .collect();
-        ctx.change(changes).await
-    }
-
     pub async fn run(self, ctx: SourceContext) -> SourceEnd {
         let mut end = SourceEnd::default();
         let name = self.vendor.name;
@@ -87,7 +70,7 @@ impl PollFeed {
         for f in &all {
             ctx.feeds().touched(f);
         }
-        if self.change(&ctx, all, Transition::Start).await.is_err() {
+        if ctx.change_all(all, &Transition::Start).await.is_err() {
             return end;
         }
         let mut ticks = tokio::time::interval(self.every);
@@ -110,11 +93,8 @@ impl PollFeed {
                         failed += 1;
                         tracing::warn!(vendor = name, symbol = %symbol, "poll failed: {e}");
                         let feeds = self.feeds_of(symbol);
-                        if self
-                            .change(&ctx, feeds, Transition::Failed(e.message))
-                            .await
-                            .is_err()
-                        {
+                        let failed = Transition::Failed(e.message);
+                        if ctx.change_all(feeds, &failed).await.is_err() {
                             break 'polls;
                         }
                     }

@@ -276,15 +276,7 @@ impl LiveFeed {
         ctx: &SourceContext,
         to: Transition,
     ) -> Result<(), crate::pipeline::PipelineClosed> {
-        let changes = self
-            .feeds()
-            .into_iter()
-            .map(|feed| FeedChange {
-                feed,
-                to: to.clone(),
-            })
-            .collect();
-        ctx.change(changes).await
+        ctx.change_all(self.feeds(), &to).await
     }
 
     /// Records every feed's gap up to the subscription at `at`, retrying while the database

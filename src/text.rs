@@ -93,6 +93,15 @@ pub fn scrub(text: &str, secrets: &[crate::config::Secret]) -> String {
     out
 }
 
+/// `: "…"` after an error's words when there is a vendor text to quote, else nothing.
+pub fn quoted_suffix(excerpt: &str) -> String {
+    if excerpt.is_empty() {
+        String::new()
+    } else {
+        format!(": {excerpt:?}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

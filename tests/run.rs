@@ -78,6 +78,19 @@ async fn start_sim(from: DateTime<Utc>, to: DateTime<Utc>, ws: WsConfig) -> Simu
     Simulator::start(sim_config(from, to, ws)).await.unwrap()
 }
 
+/// The stretch replayed from its start at 6 bars a second.
+fn replay(from: DateTime<Utc>) -> WsConfig {
+    WsConfig {
+        live_from: Some(from),
+        bars_per_sec: 6.0,
+        ..WsConfig::default()
+    }
+}
+
+async fn replay_sim(from: DateTime<Utc>, to: DateTime<Utc>) -> Simulator {
+    start_sim(from, to, replay(from)).await
+}
+
 fn run_args(cfg: &Path) -> Vec<&str> {
     vec!["--config", cfg.to_str().unwrap(), "run"]
 }
@@ -785,16 +798,7 @@ async fn polygon_and_alpaca_stream_at_once_and_both_series_land_exactly() {
 async fn polygon_refused_never_stops_alpaca_and_its_error_stands() {
     let db = TestDb::migrated("run_refused_one").await;
     let (from, to) = recent_session_stretch();
-    let sim = start_sim(
-        from,
-        to,
-        WsConfig {
-            live_from: Some(from),
-            bars_per_sec: 6.0,
-            ..WsConfig::default()
-        },
-    )
-    .await;
+    let sim = replay_sim(from, to).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = two_vendor_config(&db, dir.path(), &sim, "a-key-polygon-refuses");
     let child = spawn_mdingest(&run_args(&cfg));
@@ -930,16 +934,7 @@ fn three_vendor_config(db: &TestDb, dir: &Path, sim: &Simulator, yahoo_symbol: &
 async fn polygon_alpaca_and_yahoo_at_once_land_all_four_sources() {
     let db = TestDb::migrated("run_three").await;
     let (from, to) = recent_session_stretch();
-    let sim = start_sim(
-        from,
-        to,
-        WsConfig {
-            live_from: Some(from),
-            bars_per_sec: 6.0,
-            ..WsConfig::default()
-        },
-    )
-    .await;
+    let sim = replay_sim(from, to).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = three_vendor_config(&db, dir.path(), &sim, "AAPL");
     let child = spawn_mdingest(&run_args(&cfg));
@@ -988,28 +983,13 @@ async fn polygon_alpaca_and_yahoo_at_once_land_all_four_sources() {
     );
 }
 
-fn of_symbol(rows: &BTreeMap<(String, i64), Row>, symbol: &str) -> BTreeMap<i64, Row> {
-    rows.iter()
-        .filter(|((s, _), _)| s == symbol)
-        .map(|((_, t), r)| (*t, *r))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_yahoo_outage_leaves_the_streams_untouched_and_shows_in_its_poll_rows() {
     let db = TestDb::migrated("run_yahoo_429").await;
     let (from, to) = recent_session_stretch();
     let sim = Simulator::start(SimConfig {
         symbols: vec!["AAPL".into(), "MSFT".into(), "IBM".into()],
-        ..sim_config(
-            from,
-            to,
-            WsConfig {
-                live_from: Some(from),
-                bars_per_sec: 6.0,
-                ..WsConfig::default()
-            },
-        )
+        ..sim_config(from, to, replay(from))
     })
     .await
     .unwrap();

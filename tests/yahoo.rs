@@ -92,13 +92,6 @@ fn expected(
     yahoo_expected(symbol, actions, from, to)
 }
 
-fn of_symbol(rows: &BTreeMap<(String, i64), Row>, symbol: &str) -> BTreeMap<i64, Row> {
-    rows.iter()
-        .filter(|((s, _), _)| s == symbol)
-        .map(|((_, t), r)| (*t, *r))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_fetch_stores_yahoo_and_yahoo_adjusted_exactly() {
     let (db, sim, _dir, cfg) = setup("yahoo_exact", &["AAPL", "MSFT"]).await;
@@ -190,6 +183,16 @@ async fn an_unknown_symbol_is_named_while_the_others_load() {
     assert_eq!(states, ["yahoo NOPE error", "yahoo_adjusted NOPE error"]);
 }
 
+/// A simulator that knows AAPL, with all of history.
+async fn aapl_sim() -> Simulator {
+    Simulator::start(SimConfig {
+        symbols: vec!["AAPL".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn client(sim: &Simulator) -> mdingest::sources::yahoo::rest::YahooRest {
     let cfg = mdingest::config::Config::from_toml_str(&format!(
         "[sources.yahoo]\nrest_url = \"{}\"\nrequests_per_minute = 6000\n",
@@ -203,12 +206,7 @@ fn client(sim: &Simulator) -> mdingest::sources::yahoo::rest::YahooRest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_text_429_is_retried_and_one_that_persists_is_yahoo_refusing_the_client() {
-    let sim = Simulator::start(SimConfig {
-        symbols: vec!["AAPL".into()],
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = aapl_sim().await;
     let rest = client(&sim);
     let aapl: Symbol = "AAPL".parse().unwrap();
     let (from, to) = (
@@ -236,12 +234,7 @@ async fn a_plain_text_429_is_retried_and_one_that_persists_is_yahoo_refusing_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekend_has_no_bars_and_no_error() {
-    let sim = Simulator::start(SimConfig {
-        symbols: vec!["AAPL".into()],
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = aapl_sim().await;
     let rest = client(&sim);
     let aapl: Symbol = "AAPL".parse().unwrap();
     // Saturday and Sunday, 2024-06-08 and 09 (New York).
@@ -404,12 +397,7 @@ async fn a_new_dividend_rewrites_the_adjusted_history_and_a_new_split_both_sourc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_through_the_configured_proxy_http_or_socks5() {
-    let sim = Simulator::start(SimConfig {
-        symbols: vec!["AAPL".into()],
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = aapl_sim().await;
     let aapl: Symbol = "AAPL".parse().unwrap();
     let (from, to) = (
         Utc.with_ymd_and_hms(2024, 6, 3, 0, 0, 0).unwrap(),

@@ -551,7 +551,17 @@ def stamp(epoch_ms):
             + timedelta(milliseconds=epoch_ms)).strftime("%Y-%m-%d %H:%M:%S+00")
 
 
-class Polygon:
+class OneSymbolPerRequest:
+    """A vendor whose request chain serves one symbol: a task per symbol and window."""
+
+    def __init__(self, symbols):
+        self.symbols = sorted(symbols)
+
+    def tasks(self, windows):
+        return [((s,), f, t) for f, t in windows for s in self.symbols]
+
+
+class Polygon(OneSymbolPerRequest):
     """Aggregates of one symbol per request, 30-day windows, pages of up to 50,000 bars chained
     by next_url."""
     name = "polygon"
@@ -560,12 +570,6 @@ class Polygon:
     page_size = 50_000
     RESULTS_COUNT = re.compile(rb'"resultsCount":(\d+)')
     NEXT_URL = b'"next_url":"'
-
-    def __init__(self, symbols):
-        self.symbols = sorted(symbols)
-
-    def tasks(self, windows):
-        return [((s,), f, t) for f, t in windows for s in self.symbols]
 
     def pages(self, conn, task):
         """Yields each page's body of one task, following next_url."""
@@ -658,7 +662,7 @@ class Alpaca:
                     MDINGEST__SOURCES__ALPACA__SYMBOLS=",".join(self.symbols))
 
 
-class Yahoo:
+class Yahoo(OneSymbolPerRequest):
     """Daily charts of one symbol per request, five-year windows, the whole window in one
     response; one fetch writes `yahoo` and `yahoo_adjusted`."""
     name = "yahoo"
@@ -666,12 +670,6 @@ class Yahoo:
     window = 260 * 7 * DAY
     page_size = 50_000
     TIMESTAMPS = re.compile(rb'"timestamp":\[([0-9,]*)\]')
-
-    def __init__(self, symbols):
-        self.symbols = sorted(symbols)
-
-    def tasks(self, windows):
-        return [((s,), f, t) for f, t in windows for s in self.symbols]
 
     def pages(self, conn, task):
         (symbol,), f, t = task

@@ -107,6 +107,22 @@ impl SourceContext {
         self.send(Chunk::changes(changes)).await
     }
 
+    /// The same change for each of `feeds`.
+    pub async fn change_all(
+        &self,
+        feeds: impl IntoIterator<Item = Feed>,
+        to: &Transition,
+    ) -> Result<(), PipelineClosed> {
+        let changes = feeds
+            .into_iter()
+            .map(|feed| FeedChange {
+                feed,
+                to: to.clone(),
+            })
+            .collect();
+        self.change(changes).await
+    }
+
     /// One feed of a load failed: shown at once, and it ends `error` whatever else loads.
     pub async fn failed(&self, feed: &Feed, error: &str) -> Result<(), PipelineClosed> {
         self.feeds.failed(feed, error);

@@ -701,3 +701,14 @@ impl RecordingProxy {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// One symbol's rows of `stored_bars_of`, by epoch ms.
+pub fn of_symbol(
+    rows: &std::collections::BTreeMap<(String, i64), Row>,
+    symbol: &str,
+) -> std::collections::BTreeMap<i64, Row> {
+    rows.iter()
+        .filter(|((s, _), _)| s == symbol)
+        .map(|((_, t), r)| (*t, *r))
+        .collect()
+}

@@ -36,18 +36,10 @@ pub struct BarsPage {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("response is not bars JSON ({reason}){}", quoted(.excerpt))]
+    #[error("response is not bars JSON ({reason}){}", crate::text::quoted_suffix(.excerpt))]
     NotBars { reason: String, excerpt: String },
     #[error("the page holds {0} bars, more than the {MAX_BARS} a page may hold")]
     TooManyBars(usize),
-}
-
-fn quoted(excerpt: &str) -> String {
-    if excerpt.is_empty() {
-        String::new()
-    } else {
-        format!(": {excerpt:?}")
-    }
 }
 
 impl DecodeError {

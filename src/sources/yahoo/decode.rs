@@ -42,21 +42,13 @@ pub struct Chart {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("response is not chart JSON ({reason}){}", quoted(.excerpt))]
+    #[error("response is not chart JSON ({reason}){}", crate::text::quoted_suffix(.excerpt))]
     NotChart { reason: String, excerpt: String },
     /// `chart.error` (404 "No data found, symbol may be delisted", 400 "Data doesn't exist …").
     #[error("{code}: {description}")]
     Vendor { code: String, description: String },
     #[error("the response holds {0} bars, more than the {MAX_BARS} a response may hold")]
     TooManyBars(usize),
-}
-
-fn quoted(excerpt: &str) -> String {
-    if excerpt.is_empty() {
-        String::new()
-    } else {
-        format!(": {excerpt:?}")
-    }
 }
 
 impl DecodeError {
