@@ -269,19 +269,22 @@ impl Router {
                 .map(|b| b.opened + self.max_age)
                 .min();
             // A batch someone waits on goes as soon as its writer can take it (see `route`).
-            let waited_on = self
-                .open
-                .iter()
-                .position(|b| b.barrier)
-                .map(|s| (s, self.shards[s].clone(), self.busy[s].clone()));
-            let writer_free = async move {
-                match waited_on {
-                    Some((s, tx, mut busy)) => {
+            let waited_on: Vec<_> = (0..self.open.len())
+                .filter(|&s| self.open[s].barrier)
+                .map(|s| {
+                    let (tx, mut busy) = (self.shards[s].clone(), self.busy[s].clone());
+                    Box::pin(async move {
                         // A writer that is gone shows in the send.
                         let _ = busy.wait_for(|b| !*b).await;
                         (s, tx.reserve_owned().await)
-                    }
-                    None => std::future::pending().await,
+                    })
+                })
+                .collect();
+            let writer_free = async move {
+                if waited_on.is_empty() {
+                    std::future::pending().await
+                } else {
+                    futures_util::future::select_all(waited_on).await.0
                 }
             };
             let next = match deadline {
