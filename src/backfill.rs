@@ -345,7 +345,7 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
         };
         if tasks.is_empty() {
             if let Some((done, sent)) = pending.take() {
-                complete(shared, &client, &done, sent).await?;
+                complete(shared, &client, &done, sent, &[]).await?;
             }
             return Ok(());
         }
@@ -357,7 +357,7 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
         let work = send_tasks(&shared.ctx, &*shared.history, &tasks, &shared.fetched);
         let sent = with_lease(&client, &leased, work).await;
         if let Some((done, earlier)) = pending.take() {
-            if !complete(shared, &client, &done, earlier).await? {
+            if !complete(shared, &client, &done, earlier, &tasks).await? {
                 for task in &tasks {
                     queue::release(&client, task, None).await?;
                 }
@@ -383,14 +383,17 @@ async fn work_tasks(shared: &Shared) -> Result<(), DbError> {
 }
 
 /// Waits for a sent window's commit and ends its tasks: done (with their bars), or failed.
-/// False when the run gave up first (the tasks are released, pending for the next run).
+/// `next` (the window sent since) keeps its lease meanwhile. False when the run gave up first
+/// (the tasks are released, pending for the next run).
 async fn complete(
     shared: &Shared,
     client: &tokio_postgres::Client,
     tasks: &[Task],
     sent: Sent,
+    next: &[Task],
 ) -> Result<bool, DbError> {
-    let Some(ends) = with_lease(client, tasks, sent.committed(tasks)).await else {
+    let leased: Vec<Task> = tasks.iter().chain(next).cloned().collect();
+    let Some(ends) = with_lease(client, &leased, sent.committed(tasks)).await else {
         for task in tasks {
             queue::release(client, task, None).await?;
         }
