@@ -426,11 +426,11 @@ async fn task_failed(
 ) -> Result<(), DbError> {
     let text = e.to_string();
     queue::release(client, task, Some(&text)).await?;
-    // Shown at once, also for a symbol that failed before its first bar.
-    let _ = shared.ctx.failed(&feed_of(task), &text).await;
-    for source in shared.history.also_writes() {
+    // Shown at once, also for a symbol that failed before its first bar; a fetch's every
+    // data source alike.
+    for source in shared.history.writes(task.source) {
         let feed = Feed {
-            source: *source,
+            source,
             ..feed_of(task)
         };
         let _ = shared.ctx.failed(&feed, &text).await;
@@ -614,11 +614,7 @@ pub async fn send_tasks(
         if page.bars.is_empty() && page.rejections.is_empty() {
             continue;
         }
-        // In the vendor's bars: a second data source written from the same rows (Yahoo's
-        // adjusted series) is not fetched again.
-        let own = |s: DataSource| s == first.source;
-        let n = page.bars.iter().filter(|b| own(b.source)).count()
-            + page.rejections.iter().filter(|r| own(r.source)).count();
+        let n = page.vendor_rows(first.source);
         fetched.fetch_add(n as u64, Ordering::Relaxed);
         for b in &page.bars {
             if let Some(c) = sent.get_mut(b.symbol.as_str()) {
@@ -647,9 +643,7 @@ pub async fn send_tasks(
     if !actions.is_empty() {
         let fetch = Fetch {
             history,
-            sources: std::iter::once(first.source)
-                .chain(history.also_writes().iter().copied())
-                .collect(),
+            sources: history.writes(first.source),
             timeframe: first.timeframe,
             mode: first.mode,
             from,

@@ -38,10 +38,7 @@ pub struct PollFeed {
 impl PollFeed {
     /// The data sources a fetch writes.
     fn sources(&self) -> Vec<DataSource> {
-        let v = &self.vendor;
-        std::iter::once(v.source)
-            .chain(v.history.also_writes().iter().copied())
-            .collect()
+        self.vendor.history.writes(self.vendor.source)
     }
 
     /// Every symbol's `poll` feeds: one per data source a fetch writes.
@@ -135,12 +132,7 @@ impl PollFeed {
             if page.bars.is_empty() && page.rejections.is_empty() {
                 continue;
             }
-            let own = page.bars.iter().filter(|b| b.source == v.source).count()
-                + page
-                    .rejections
-                    .iter()
-                    .filter(|r| r.source == v.source)
-                    .count();
+            let own = page.vendor_rows(v.source);
             let chunk = Chunk::new(Mode::Poll, page.bars, page.rejections);
             if ctx.send_counted(chunk, own as u64).await.is_err() {
                 return Ok(false);

@@ -96,7 +96,7 @@ pub fn daemon_vendors(cfg: &Config) -> Result<Vec<Vendor>, RunError> {
         .collect();
     if vendors.is_empty() {
         return Err(RunError::Usage(
-            "no streaming or polling source is enabled: enable a source with stream = true, or Yahoo (see config/mdingest.toml)"
+            "no streaming or polling source is enabled: enable a source that streams (stream = true) or polls (see config/mdingest.toml)"
                 .into(),
         ));
     }

@@ -148,6 +148,15 @@ pub struct Page {
     pub actions: Vec<CorporateAction>,
 }
 
+impl Page {
+    /// The vendor's rows in the page: bars and rejections of `own` (a second data source
+    /// written from the same rows, Yahoo's adjusted series, is not counted again).
+    pub fn vendor_rows(&self, own: DataSource) -> usize {
+        self.bars.iter().filter(|b| b.source == own).count()
+            + self.rejections.iter().filter(|r| r.source == own).count()
+    }
+}
+
 /// A split or a dividend as a vendor reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorporateAction {
@@ -219,6 +228,13 @@ pub trait History: Send + Sync {
     /// their feeds start, fail and end with the task's.
     fn also_writes(&self) -> &[DataSource] {
         &[]
+    }
+
+    /// Every data source a fetch for `own` writes: `own`, then [`also_writes`](Self::also_writes).
+    fn writes(&self, own: DataSource) -> Vec<DataSource> {
+        std::iter::once(own)
+            .chain(self.also_writes().iter().copied())
+            .collect()
     }
 
     /// The pages of `symbols`' bars starting in `[from, to_inclusive]`. Bars of other symbols,
