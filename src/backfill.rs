@@ -71,15 +71,47 @@ impl std::str::FromStr for DateArg {
         if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
             return Ok(DateArg::Date(d));
         }
+        if let Some(d) = relative_day(s, new_york_today()) {
+            return d.map(DateArg::Date);
+        }
         DateTime::parse_from_rfc3339(s)
             .map(|t| DateArg::Instant(t.with_timezone(&Utc)))
             .map_err(|_| {
                 format!(
-                    "\"{}\" is neither a date (2024-01-02) nor an RFC 3339 time (2024-01-02T14:30:00Z)",
+                    "\"{}\" is neither a date (2024-01-02, today, yesterday, today-7d) nor an RFC 3339 time (2024-01-02T14:30:00Z)",
                     crate::text::excerpt(s, 40)
                 )
             })
     }
+}
+
+/// Today's exchange date: what a scheduler's `--to today` means, wherever the host's clock is.
+fn new_york_today() -> NaiveDate {
+    Utc::now()
+        .with_timezone(&chrono_tz::America::New_York)
+        .date_naive()
+}
+
+/// `today`, `yesterday` or `today-Nd` (N days before today), for schedulers: `None` when `s` is
+/// none of them.
+fn relative_day(s: &str, today: NaiveDate) -> Option<Result<NaiveDate, String>> {
+    let days = match s {
+        "today" => 0,
+        "yesterday" => 1,
+        _ => {
+            let n = s.strip_prefix("today-")?.strip_suffix('d')?;
+            match n.parse::<u32>() {
+                Ok(n) if n <= 36_500 => n,
+                _ => {
+                    return Some(Err(format!(
+                        "\"{}\": the days in today-Nd must be a number from 0 to 36500",
+                        crate::text::excerpt(s, 40)
+                    )))
+                }
+            }
+        }
+    };
+    Some(Ok(today - Duration::days(i64::from(days))))
 }
 
 /// Midnight New York at the start of `d`.
@@ -181,7 +213,14 @@ pub async fn backfill(
         grid,
         force: opts.force,
     };
-    Ok(driver::drive(cfg, vec![source], shutdown, show_progress).await?)
+    Ok(driver::drive(
+        cfg,
+        vec![source],
+        shutdown,
+        show_progress,
+        Default::default(),
+    )
+    .await?)
 }
 
 struct RestBackfill {
@@ -721,7 +760,20 @@ mod tests {
         assert_eq!(summer.start(), Some(t("2024-07-01T04:00:00Z")));
         let i: DateArg = "2024-01-02T14:30:00Z".parse().unwrap();
         assert_eq!(i.start(), Some(t("2024-01-02T14:30:00Z")));
-        assert!("yesterday".parse::<DateArg>().is_err());
         assert!("2024-13-01".parse::<DateArg>().is_err());
+    }
+
+    #[test]
+    fn schedulers_name_days_relative_to_the_exchange_date() {
+        let today = NaiveDate::from_ymd_opt(2024, 3, 1).unwrap();
+        let day = |s| relative_day(s, today).map(|r| r.unwrap());
+        assert_eq!(day("today"), Some(today));
+        assert_eq!(day("yesterday"), NaiveDate::from_ymd_opt(2024, 2, 29));
+        assert_eq!(day("today-7d"), NaiveDate::from_ymd_opt(2024, 2, 23));
+        assert_eq!(relative_day("tomorrow", today), None);
+        let err = relative_day("today-xd", today).unwrap().unwrap_err();
+        assert!(err.contains("today-xd"), "{err}");
+        assert!(relative_day("today-99999d", today).unwrap().is_err());
+        assert!("today".parse::<DateArg>().is_ok());
     }
 }

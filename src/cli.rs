@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::backfill::{self, BackfillOptions, DateArg};
-use crate::config::{self, Config, LogFormat};
+use crate::config::{self, Config};
 use crate::db;
 use crate::domain::{DataSource, Symbol, Timeframe};
 use crate::import;
@@ -57,10 +57,11 @@ pub enum Command {
         /// Symbols, comma-separated (default: the source's configured symbols).
         #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
         symbols: Vec<Symbol>,
-        /// First day (New York exchange date, inclusive) or RFC 3339 time.
+        /// First day (New York exchange date, inclusive; also today, yesterday or today-7d) or
+        /// RFC 3339 time.
         #[arg(long, value_parser = parse_date)]
         from: DateArg,
-        /// Last day (inclusive) or RFC 3339 time.
+        /// Last day (inclusive; also today or yesterday) or RFC 3339 time.
         #[arg(long, value_parser = parse_date)]
         to: DateArg,
         /// Must match the source's configured timeframe.
@@ -153,7 +154,7 @@ pub fn warn_line(text: &str) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config::resolve_path(cli.config);
     let cfg = Config::load(&path)?;
-    init_logging(&cfg);
+    crate::logging::init(&cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -294,24 +295,4 @@ fn finish(summary: &Summary, json: bool) -> ExitCode {
         (None, None) => {}
     }
     ExitCode::from(summary.exit_code())
-}
-
-/// `RUST_LOG` wins over `log.level`; logs go to stderr so stdout stays the command's output.
-fn init_logging(cfg: &Config) {
-    // refinery narrates every migration at info; `migrate` prints its own summary.
-    let directives = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|d| tracing_subscriber::EnvFilter::try_new(d).is_ok())
-        .unwrap_or_else(|| format!("{},refinery_core=warn", cfg.log.level));
-    // tungstenite logs every frame it sends at trace, the auth message (the key) included.
-    let filter =
-        tracing_subscriber::EnvFilter::new(crate::sources::ws::quiet_wire_logs(&directives));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match cfg.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }

@@ -322,6 +322,9 @@ impl Default for DatabaseConfig {
 pub struct RedisConfig {
     pub url: SecretUrl,
     pub channel_prefix: String,
+    /// Also append every event to the Redis Stream `<channel_prefix>:events`, trimmed to about
+    /// this many entries (`XADD … MAXLEN ~ N`); 0 (the default) publishes on the channels only.
+    pub stream_maxlen: u64,
 }
 
 impl Default for RedisConfig {
@@ -329,6 +332,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: SecretUrl("redis://127.0.0.1:6379".into()),
             channel_prefix: "data_sync".into(),
+            stream_maxlen: 0,
         }
     }
 }
@@ -659,10 +663,15 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", format!("{e}"));
         }
-        if let Err(e) = self.database.url.expose().parse::<tokio_postgres::Config>() {
+        let url = crate::db::tls::split(self.database.url.expose()).and_then(|s| {
+            s.url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = url {
             return bad(
                 "database.url",
-                format!("not a PostgreSQL URL ({})", redact_url(&e.to_string())),
+                format!("not a PostgreSQL URL ({})", redact_url(&e)),
             );
         }
         within(

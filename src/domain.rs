@@ -186,6 +186,13 @@ impl Mode {
             Mode::Backfill => "backfill",
         }
     }
+
+    /// As `ingestion_status.mode` stores it.
+    pub fn from_column(s: &str) -> Option<Mode> {
+        [Mode::Stream, Mode::Poll, Mode::Backfill]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
 }
 
 /// `ingestion_status.state`.
@@ -205,6 +212,18 @@ impl FeedState {
             FeedState::Completed => "completed",
             FeedState::Error => "error",
         }
+    }
+
+    /// As `ingestion_status.state` stores it.
+    pub fn from_column(s: &str) -> Option<FeedState> {
+        [
+            FeedState::Running,
+            FeedState::Idle,
+            FeedState::Completed,
+            FeedState::Error,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
     }
 }
 

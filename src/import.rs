@@ -44,7 +44,14 @@ pub async fn import(
         timeframe,
         total_bytes,
     };
-    Ok(driver::drive(cfg, vec![source], shutdown, show_progress).await?)
+    Ok(driver::drive(
+        cfg,
+        vec![source],
+        shutdown,
+        show_progress,
+        Default::default(),
+    )
+    .await?)
 }
 
 struct FlatFiles {

@@ -179,6 +179,18 @@ pub enum Transition {
     Ended(FeedState, Option<String>),
 }
 
+/// A feed's `ingestion_status` row whose state (or error) a committed transaction changed, as
+/// it stands after it: what `ingestion_status_changed` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChanged {
+    pub source: DataSource,
+    pub symbol: String,
+    pub mode: Mode,
+    pub state: FeedState,
+    pub last_bar: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedChange {
     pub feed: Feed,
@@ -297,6 +309,8 @@ pub struct BatchReport {
     pub feeds: Vec<FeedProgress>,
     /// `console_line`s of the batch's first rejections (at most `NOTED_REJECTIONS`).
     pub noted: Vec<String>,
+    /// The feeds whose state the batch's transaction changed.
+    pub changed: Vec<StatusChanged>,
 }
 
 impl BatchReport {
@@ -306,6 +320,7 @@ impl BatchReport {
         self.counts.add(&other.counts);
         self.feeds.extend(other.feeds);
         self.noted.extend(other.noted);
+        self.changed.extend(other.changed);
         for o in other.sources {
             match self.sources.iter_mut().find(|s| s.source == o.source) {
                 Some(s) => s.merge(o),
@@ -331,6 +346,43 @@ pub struct SourceReport {
     pub checks: Vec<(&'static str, u64)>,
     /// Its committed bars by producer (stream, poll, backfill), in `Mode` order.
     pub producers: Vec<(Mode, u64)>,
+    /// Its quality-log rows' symbols (sorted, each once, at most `FLAGGED_SYMBOLS`) and bar times.
+    pub flagged: Flagged,
+}
+
+/// Symbols a `data_quality_alert` names at most (a file of junk may have thousands).
+pub const FLAGGED_SYMBOLS: usize = 100;
+
+/// Where a batch's quality-log rows of one data source are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flagged {
+    pub symbols: Vec<String>,
+    pub first: Option<DateTime<Utc>>,
+    pub last: Option<DateTime<Utc>>,
+}
+
+impl Flagged {
+    fn add(&mut self, symbol: Option<&str>, at: Option<DateTime<Utc>>) {
+        if let Some(s) = symbol {
+            if let Err(i) = self.symbols.binary_search_by(|x| x.as_str().cmp(s)) {
+                if self.symbols.len() < FLAGGED_SYMBOLS {
+                    self.symbols.insert(i, s.to_string());
+                }
+            }
+        }
+        if let Some(t) = at {
+            self.first = Some(self.first.map_or(t, |f| f.min(t)));
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    fn merge(&mut self, o: Flagged) {
+        for s in &o.symbols {
+            self.add(Some(s), None);
+        }
+        self.first = self.first.into_iter().chain(o.first).min();
+        self.last = self.last.into_iter().chain(o.last).max();
+    }
 }
 
 impl SourceReport {
@@ -343,6 +395,7 @@ impl SourceReport {
             last: None,
             checks: Vec::new(),
             producers: Vec::new(),
+            flagged: Flagged::default(),
         }
     }
 
@@ -360,6 +413,7 @@ impl SourceReport {
         self.last = self.last.into_iter().chain(o.last).max();
         add_counted(&mut self.checks, o.checks);
         add_counted(&mut self.producers, o.producers);
+        self.flagged.merge(o.flagged);
     }
 }
 
@@ -414,6 +468,7 @@ pub fn source_reports(
             s.counts.rejected += 1;
         }
         bump(&mut s.checks, r.check, 1);
+        s.flagged.add(r.symbol.as_deref(), r.bar_timestamp);
     }
     for s in &mut out {
         s.symbols.sort();

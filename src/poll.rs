@@ -97,6 +97,9 @@ impl PollFeed {
                     }
                 }
             }
+            // A poll of which one symbol loaded shows the vendor answers.
+            ctx.health()
+                .source(name, failed < self.vendor.symbols.len());
             tracing::debug!(
                 vendor = name,
                 poll = polls,

@@ -23,19 +23,21 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::backfill::{feed_of, fetch_task, with_lease};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::db::backfill as queue;
 use crate::db::{self, DbError};
-use crate::domain::{Bar, Mode, Symbol};
+use crate::domain::{Bar, DataSource, Mode, Symbol};
 use crate::ingest::{Chunk, Feed, FeedChange, Rejection, Transition};
 use crate::poll::PollFeed;
 use crate::shutdown::Shutdown;
-use crate::sources::driver::{self, DriveError, Source, SourceContext, SourceEnd, Summary};
+use crate::sources::driver::{self, DriveError, Ops, Source, SourceContext, SourceEnd, Summary};
 use crate::sources::ws::SessionEvent;
 use crate::sources::{window_text, Item, Live, SourceError, Vendor};
+use crate::telemetry::{self, health::Health};
 
 /// How often a database outage at start is logged.
 const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -57,6 +59,11 @@ pub enum RunError {
 /// Runs the daemon until a signal. `None` when the signal came before the database answered.
 pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, RunError> {
     let vendors = daemon_vendors(cfg)?;
+    // Up before the database: `/readyz` says why the daemon is not ready while it waits.
+    let health = Arc::new(Health::with_sources(vendors.iter().map(|v| v.name)));
+    let serving = CancellationToken::new();
+    let _stop_serving = serving.clone().drop_guard();
+    serve_operations(cfg, &vendors, &health, shutdown, &serving).await?;
     if !wait_for_database(cfg, shutdown).await? {
         return Ok(None);
     }
@@ -83,9 +90,65 @@ pub async fn run(cfg: &Config, shutdown: &Shutdown) -> Result<Option<Summary>, R
             sources.push(Daemon::Poll(PollFeed { vendor, every }));
         }
     }
-    let summary = driver::drive(cfg, sources, shutdown, false).await;
+    let ops = Ops {
+        health,
+        notify_ready: true,
+    };
+    let summary = driver::drive(cfg, sources, shutdown, false, ops).await;
     deadline.abort();
     Ok(Some(summary?))
+}
+
+/// The daemon's side for operators: metrics, `/healthz` and `/readyz` on `metrics.listen` (a
+/// port already taken is an error now), the database probe behind readiness, and systemd's
+/// watchdog, STATUS= and STOPPING=1. All stop with `serving`.
+async fn serve_operations(
+    cfg: &Config,
+    vendors: &[Vendor],
+    health: &Arc<Health>,
+    shutdown: &Shutdown,
+    serving: &CancellationToken,
+) -> Result<(), RunError> {
+    let listener = telemetry::http::bind(&cfg.metrics.listen)
+        .await
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    let sources: Vec<DataSource> = vendors
+        .iter()
+        .flat_map(|v| v.history.writes(v.source))
+        .collect();
+    let streaming: Vec<&'static str> = vendors
+        .iter()
+        .filter(|v| v.live.is_some())
+        .map(|v| v.name)
+        .collect();
+    let handle =
+        telemetry::install(&sources, &streaming).map_err(|e| RunError::Usage(e.to_string()))?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("metrics on http://{addr}/metrics (and /healthz, /readyz)");
+    }
+    telemetry::http::serve(listener, handle, health.clone(), serving.clone());
+    let pool = db::pool(&cfg.database)?;
+    let (probe, stop) = (health.clone(), serving.clone());
+    tokio::spawn(async move { probe.probe_database(pool, stop).await });
+    if let Some(period) = crate::systemd::watchdog_period() {
+        tokio::spawn(crate::systemd::watchdog(
+            health.clone(),
+            period,
+            serving.clone(),
+        ));
+    }
+    tokio::spawn(crate::systemd::report_status(
+        health.clone(),
+        serving.clone(),
+    ));
+    let (stopping, stop) = (shutdown.stop_token(), serving.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stopping.cancelled() => crate::systemd::stopping(),
+            _ = stop.cancelled() => {}
+        }
+    });
+    Ok(())
 }
 
 /// The enabled vendors that stream or poll; an error when there is none.
@@ -155,6 +218,13 @@ const GAP_WORKERS: usize = 4;
 const GAP_POLL: Duration = Duration::from_secs(2);
 
 impl LiveFeed {
+    /// A connection (or an attempt at one) ended; the session tries again.
+    fn disconnected(&self, ctx: &SourceContext) {
+        telemetry::connected(self.vendor.name, false);
+        telemetry::reconnected(self.vendor.name);
+        ctx.health().source(self.vendor.name, false);
+    }
+
     async fn run(self, ctx: SourceContext) -> SourceEnd {
         let mut end = SourceEnd::default();
         let name = self.vendor.name;
@@ -199,6 +269,8 @@ impl LiveFeed {
             let Some(event) = event else { break };
             let sent = match event {
                 SessionEvent::Subscribed { reconnect, at } => {
+                    telemetry::connected(name, true);
+                    ctx.health().source(name, true);
                     tracing::info!(
                         reconnect,
                         "{name} stream subscribed; gap-filling up to {at}"
@@ -219,12 +291,14 @@ impl LiveFeed {
                     send_frame(&ctx, items, &subscribed, since).await
                 }
                 SessionEvent::Refused { refusal, retry_in } => {
+                    self.disconnected(&ctx);
                     tracing::error!(retry_in = ?retry_in, "{refusal}");
                     connection = None;
                     self.change(&ctx, Transition::Failed(refusal.to_string()))
                         .await
                 }
                 SessionEvent::Disconnected { reason, retry_in } => {
+                    self.disconnected(&ctx);
                     tracing::warn!(retry_in = ?retry_in, "{name} stream disconnected: {reason:?}");
                     // A connection that never got as far as its subscription (no answer to
                     // the login, closed at once) is a failure the feeds must show.

@@ -11,37 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
-use mdingest::domain::Timeframe;
-use mdingest::sim::{self, SimConfig, Simulator, SymbolFault, WsConfig, WsFault};
+use mdingest::sim::{SimConfig, Simulator, SymbolFault, WsConfig, WsFault};
 
 const KEY: &str = "sim-stream-key-2718";
-
-/// A recent stretch of 30 minutes of one session (whatever the time of day now): bars exist
-/// only in it, on REST and on the stream, and it ended over half an hour ago, so the start's
-/// gap-fill (a minute back) finds nothing and only the stream and the reconnect's gap-fill
-/// can bring its bars.
-fn recent_session_stretch() -> (DateTime<Utc>, DateTime<Utc>) {
-    let latest = Utc::now() - chrono::Duration::minutes(35);
-    let bars = sim::series(
-        "AAPL",
-        Timeframe::M1,
-        latest - chrono::Duration::days(6),
-        latest,
-    );
-    let at = |i: usize| DateTime::from_timestamp_millis(bars[i].t_ms).unwrap();
-    // The latest bar with a full half hour of its session before it (not one just after an
-    // open, which would leave only a few bars).
-    let last = (0..bars.len())
-        .rev()
-        .find(|&i| {
-            let from = at(i) - chrono::Duration::minutes(29);
-            let first = bars.partition_point(|b| b.t_ms < from.timestamp_millis());
-            i + 1 - first >= 25
-        })
-        .map(at)
-        .unwrap();
-    (last - chrono::Duration::minutes(29), last)
-}
 
 fn sim_config(from: DateTime<Utc>, to: DateTime<Utc>, ws: WsConfig) -> SimConfig {
     SimConfig {

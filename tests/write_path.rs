@@ -20,6 +20,7 @@ fn start(db: &TestDb, extra: &str) -> Pipeline {
         pool,
         cfg.timeframes(),
         CancellationToken::new(),
+        mdingest::events::Announcer::disabled(),
     )
 }
 
@@ -31,7 +32,13 @@ fn start_without_database(pipeline_toml: &str) -> (Pipeline, CancellationToken) 
     .unwrap();
     let pool = mdingest::db::pool(&cfg.database).unwrap();
     let abandon = CancellationToken::new();
-    let p = Pipeline::start(&cfg.pipeline, pool, cfg.timeframes(), abandon.clone());
+    let p = Pipeline::start(
+        &cfg.pipeline,
+        pool,
+        cfg.timeframes(),
+        abandon.clone(),
+        mdingest::events::Announcer::disabled(),
+    );
     (p, abandon)
 }
 
@@ -316,8 +323,15 @@ async fn a_batch_of_several_data_sources_reports_each_source_on_its_own() {
         duplicates: 0,
     };
     let aapl: Vec<mdingest::domain::Symbol> = vec!["AAPL".parse().unwrap()];
+    // The quality row's symbol and bar time, for `data_quality_alert`.
+    let mut sources = report.sources.clone();
+    assert_eq!(sources[1].flagged.symbols, ["AAPL"]);
+    assert_eq!(sources[1].flagged.first, Some(minute(15, 2)));
+    for s in &mut sources {
+        s.flagged = Default::default();
+    }
     assert_eq!(
-        report.sources,
+        sources,
         [
             SourceReport {
                 counts: counts(1, 1, 1, 0),
@@ -595,7 +609,14 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
             }
         )]
     );
-    assert_eq!(again, first, "the retry reports each source's counts too");
+    assert_eq!(
+        (again.counts, &again.by_source),
+        (first.counts, &first.by_source),
+        "the retry reports each source's counts too"
+    );
+    // The first attempt's state changes are known to it alone.
+    assert_eq!(first.changed.len(), 1);
+    assert!(again.changed.is_empty());
     assert_eq!(
         db.count("SELECT rows_written FROM data_ingestion.ingestion_status")
             .await,

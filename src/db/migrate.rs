@@ -26,7 +26,7 @@ pub async fn migrate(url: &str) -> Result<MigrateReport, DbError> {
     let mut report = MigrateReport::default();
     let mut client = match connect(&cfg, &shown).await {
         Ok(c) => c,
-        Err(e) if missing_database(&cfg, &e) => {
+        Err(e) if missing_database(&cfg.pg, &e) => {
             report.created_database = create_database(&cfg, &shown).await?;
             connect(&cfg, &shown).await?
         }
@@ -94,10 +94,10 @@ fn missing_database(cfg: &tokio_postgres::Config, e: &DbError) -> bool {
 
 /// Creates the configured database from the `postgres` maintenance database. Returns false when
 /// another instance created it first.
-async fn create_database(cfg: &tokio_postgres::Config, shown: &str) -> Result<bool, DbError> {
-    let name = cfg.get_dbname().unwrap_or_default().to_string();
+async fn create_database(cfg: &super::Target, shown: &str) -> Result<bool, DbError> {
+    let name = cfg.pg.get_dbname().unwrap_or_default().to_string();
     let mut admin = cfg.clone();
-    admin.dbname("postgres");
+    admin.pg.dbname("postgres");
     let client = connect(&admin, shown).await?;
     let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
     match client.batch_execute(&sql).await {

@@ -3,12 +3,14 @@
 pub mod backfill;
 pub mod migrate;
 pub mod status;
+pub mod tls;
 pub mod writer;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{redact_url, DatabaseConfig};
 
@@ -92,11 +94,28 @@ pub fn classify(e: &tokio_postgres::Error) -> Fault {
     }
 }
 
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| DbError::BadUrl {
+/// Where and how to connect: tokio-postgres' settings and the TLS connector `sslmode` asks for.
+#[derive(Clone)]
+pub struct Target {
+    pub pg: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+}
+
+pub fn parse_url(url: &str) -> Result<Target, DbError> {
+    let bad = |reason: String| DbError::BadUrl {
         url: redact_url(url),
-        reason: redact_url(&format!("{e}")),
-    })?;
+        reason: redact_url(&reason),
+    };
+    // These name a parameter or a file, never a password: shown as they are.
+    let tls_bad = |reason: String| DbError::BadUrl {
+        url: redact_url(url),
+        reason,
+    };
+    let split = tls::split(url).map_err(tls_bad)?;
+    let tls = tls::connector(split.mode, split.root_cert.as_deref()).map_err(tls_bad)?;
+    let mut cfg: tokio_postgres::Config = split.url.parse().map_err(|e| bad(format!("{e}")))?;
+    // Explicitly: tokio-postgres would otherwise `prefer`.
+    cfg.ssl_mode(split.mode.ssl_mode());
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -112,12 +131,12 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
     if cfg.get_tcp_user_timeout().is_none() {
         cfg.tcp_user_timeout(Duration::from_secs(60));
     }
-    Ok(cfg)
+    Ok(Target { pg: cfg, tls })
 }
 
 /// One connection outside the pool (migrations, short commands), with a hard deadline.
-pub async fn connect(cfg: &tokio_postgres::Config, shown_url: &str) -> Result<Client, DbError> {
-    let attempt = cfg.connect(NoTls);
+pub async fn connect(target: &Target, shown_url: &str) -> Result<Client, DbError> {
+    let attempt = target.pg.connect(target.tls.clone());
     let fail = |reason: String| DbError::Connect {
         url: shown_url.to_string(),
         reason,
@@ -160,10 +179,10 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// than `pool_recycle_secs` (deadpool has no max-lifetime setting, so a pre-recycle hook drops
 /// connections past their age and the pool opens fresh ones).
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
-    let pg = parse_url(cfg.url.expose())?;
+    let target = parse_url(cfg.url.expose())?;
     let manager = Manager::from_config(
-        pg,
-        NoTls,
+        target.pg,
+        target.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         },

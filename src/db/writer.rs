@@ -14,14 +14,19 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::DbError;
-use crate::domain::{DataSource, FeedState};
-use crate::ingest::{FeedChange, FeedProgress, Rejection, Staged, Transition, WriteCounts};
+use crate::domain::{DataSource, FeedState, Mode};
+use crate::ingest::{
+    FeedChange, FeedProgress, Rejection, Staged, StatusChanged, Transition, WriteCounts,
+};
 
 /// What `write_batch` committed: in all, and per data source (in `DataSource` order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub counts: WriteCounts,
     pub by_source: Vec<(DataSource, WriteCounts)>,
+    /// The feeds whose state the transaction changed. Empty when an earlier attempt had
+    /// committed the batch unanswered: that attempt's changes are not known.
+    pub changed: Vec<StatusChanged>,
 }
 
 impl Written {
@@ -62,7 +67,11 @@ impl Written {
             })
             .collect();
         by_source.sort_by_key(|(s, _)| *s);
-        Written { counts, by_source }
+        Written {
+            counts,
+            by_source,
+            changed: Vec::new(),
+        }
     }
 }
 
@@ -124,19 +133,32 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $
     AS r(d, s, t, c, sev, a, det)";
 
 /// `GREATEST` keeps `last_bar_timestamp` from moving backwards when an older bar is corrected.
-const STATUS_SQL: &str = "INSERT INTO data_ingestion.ingestion_status AS st
-    (data_source, symbol, mode, timeframe, state, last_bar_timestamp, rows_written,
-     last_success_at, updated_at)
-SELECT d, s, m, tf, 'running', t, n, now(), now()
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[])
-    AS r(d, s, m, tf, t, n)
-ON CONFLICT (data_source, symbol, mode) DO UPDATE SET
-    timeframe = EXCLUDED.timeframe,
-    state = 'running',
-    last_bar_timestamp = GREATEST(st.last_bar_timestamp, EXCLUDED.last_bar_timestamp),
-    rows_written = st.rows_written + EXCLUDED.rows_written,
-    last_success_at = now(),
-    updated_at = now()";
+/// The feeds whose state this changes (a new feed, or one that was not `running`) come back,
+/// for `ingestion_status_changed`: every part of the statement sees the rows as they were.
+const STATUS_SQL: &str = "WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[])
+        AS r(d, s, m, tf, t, n)
+), prior AS (
+    SELECT st.data_source, st.symbol, st.mode, st.state
+    FROM data_ingestion.ingestion_status st
+    JOIN r ON (st.data_source, st.symbol, st.mode) = (r.d, r.s, r.m)
+), up AS (
+    INSERT INTO data_ingestion.ingestion_status AS st
+        (data_source, symbol, mode, timeframe, state, last_bar_timestamp, rows_written,
+         last_success_at, updated_at)
+    SELECT d, s, m, tf, 'running', t, n, now(), now() FROM r
+    ON CONFLICT (data_source, symbol, mode) DO UPDATE SET
+        timeframe = EXCLUDED.timeframe,
+        state = 'running',
+        last_bar_timestamp = GREATEST(st.last_bar_timestamp, EXCLUDED.last_bar_timestamp),
+        rows_written = st.rows_written + EXCLUDED.rows_written,
+        last_success_at = now(),
+        updated_at = now()
+    RETURNING data_source, symbol, mode, state, last_bar_timestamp, last_error
+)
+SELECT up.data_source, up.symbol, up.mode, up.state, up.last_bar_timestamp, up.last_error
+FROM up LEFT JOIN prior p USING (data_source, symbol, mode)
+WHERE p.state IS DISTINCT FROM up.state";
 
 /// `client_min_messages`: `CREATE TEMP TABLE IF NOT EXISTS` would log a NOTICE per batch.
 const TX_SETTINGS_SQL: &str = "SET LOCAL idle_in_transaction_session_timeout = '60s';
@@ -160,28 +182,70 @@ const FIND_BATCH_SQL: &str = "SELECT inserted, updated, unchanged, by_source::te
 const PRUNE_BATCHES_SQL: &str = "DELETE FROM data_ingestion.committed_batches
     WHERE committed_at < now() - interval '7 days'";
 
+/// The rows a transition touches, as they were: what tells a change from a repeat.
+const PRIOR: &str = "prior AS (
+    SELECT symbol, state, last_error FROM data_ingestion.ingestion_status
+    WHERE data_source = $1 AND mode = $2 AND symbol = ANY($4::text[])
+)";
+
+const CHANGED_COLUMNS: &str = "data_source, symbol, mode, state, last_bar_timestamp, last_error";
+
 /// `Transition::Start`: the row exists and runs.
-const START_SQL: &str = "INSERT INTO data_ingestion.ingestion_status AS st
-    (data_source, symbol, mode, timeframe, state, rows_written, updated_at)
-SELECT $1, s, $2, $3, 'running', 0, now() FROM unnest($4::text[]) AS s
-ON CONFLICT (data_source, symbol, mode) DO UPDATE
-SET state = 'running', timeframe = EXCLUDED.timeframe, updated_at = now()";
+fn start_sql() -> String {
+    format!(
+        "WITH {PRIOR}, up AS (
+    INSERT INTO data_ingestion.ingestion_status AS st
+        (data_source, symbol, mode, timeframe, state, rows_written, updated_at)
+    SELECT $1, s, $2, $3, 'running', 0, now() FROM unnest($4::text[]) AS s
+    ON CONFLICT (data_source, symbol, mode) DO UPDATE
+    SET state = 'running', timeframe = EXCLUDED.timeframe, updated_at = now()
+    RETURNING {CHANGED_COLUMNS}
+)
+SELECT up.* FROM up LEFT JOIN prior p USING (symbol) WHERE p.state IS DISTINCT FROM up.state"
+    )
+}
 
 /// `Transition::Failed`: the row exists and shows the error.
-const FAILED_SQL: &str = "INSERT INTO data_ingestion.ingestion_status AS st
-    (data_source, symbol, mode, timeframe, state, rows_written, last_error, last_error_at,
-     updated_at)
-SELECT $1, s, $2, $3, 'error', 0, $5, now(), now() FROM unnest($4::text[]) AS s
-ON CONFLICT (data_source, symbol, mode) DO UPDATE
-SET state = 'error', last_error = EXCLUDED.last_error, last_error_at = now(), updated_at = now()";
+fn failed_sql() -> String {
+    format!(
+        "WITH {PRIOR}, up AS (
+    INSERT INTO data_ingestion.ingestion_status AS st
+        (data_source, symbol, mode, timeframe, state, rows_written, last_error, last_error_at,
+         updated_at)
+    SELECT $1, s, $2, $3, 'error', 0, $5, now(), now() FROM unnest($4::text[]) AS s
+    ON CONFLICT (data_source, symbol, mode) DO UPDATE
+    SET state = 'error', last_error = EXCLUDED.last_error, last_error_at = now(), updated_at = now()
+    RETURNING {CHANGED_COLUMNS}
+)
+SELECT up.* FROM up LEFT JOIN prior p USING (symbol)
+WHERE (p.state, p.last_error) IS DISTINCT FROM (up.state, up.last_error)"
+    )
+}
 
 /// `Transition::Ended`: only a feed still `running` moves; one in `error` keeps it.
-const ENDED_SQL: &str = "UPDATE data_ingestion.ingestion_status
+fn ended_sql() -> String {
+    format!(
+        "UPDATE data_ingestion.ingestion_status
 SET state = $4,
     last_error = COALESCE($5, last_error),
     last_error_at = CASE WHEN $5::text IS NULL THEN last_error_at ELSE now() END,
     updated_at = now()
-WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3) AND state = 'running'";
+WHERE data_source = $1 AND mode = $2 AND symbol = ANY($3) AND state = 'running'
+RETURNING {CHANGED_COLUMNS}"
+    )
+}
+
+/// A row of `CHANGED_COLUMNS`; `None` for values this build does not know (written by another).
+fn status_changed(row: &tokio_postgres::Row) -> Option<StatusChanged> {
+    Some(StatusChanged {
+        source: row.get::<_, &str>(0).parse().ok()?,
+        symbol: row.get(1),
+        mode: Mode::from_column(row.get(2))?,
+        state: FeedState::from_column(row.get(3))?,
+        last_bar: row.get(4),
+        last_error: row.get(5),
+    })
+}
 
 /// What one batch writes.
 pub struct Rows<'a> {
@@ -236,7 +300,7 @@ pub async fn write_batch(
         };
         return Ok(Written::from_row(counts, row.get(3)));
     }
-    apply_changes(&tx, changes).await?;
+    let mut changed = apply_changes(&tx, changes).await?;
     let mut counts = WriteCounts::default();
     let mut staged_of: HashMap<DataSource, u64> = HashMap::new();
     for e in entries {
@@ -310,11 +374,13 @@ pub async fn write_batch(
                 written_of.remove(&key).unwrap_or(0)
             })
             .collect();
-        tx.execute(
-            STATUS_SQL,
-            &[&sources, &symbols, &modes, &tfs, &last, &rows],
-        )
-        .await?;
+        let rows = tx
+            .query(
+                STATUS_SQL,
+                &[&sources, &symbols, &modes, &tfs, &last, &rows],
+            )
+            .await?;
+        changed.extend(rows.iter().filter_map(status_changed));
     }
     let mut by_source: Vec<(DataSource, WriteCounts)> = staged_of
         .into_iter()
@@ -330,7 +396,11 @@ pub async fn write_batch(
         })
         .collect();
     by_source.sort_by_key(|(s, _)| *s);
-    let written = Written { counts, by_source };
+    let written = Written {
+        counts,
+        by_source,
+        changed,
+    };
     let n = |v: u64| v as i64;
     tx.execute(
         SET_COUNTS_SQL,
@@ -351,15 +421,23 @@ pub async fn write_batch(
 }
 
 /// Applies state changes in their own transaction (the feeds' end after the writers stopped).
-pub async fn apply_alone(client: &mut Client, changes: &[FeedChange]) -> Result<(), DbError> {
+pub async fn apply_alone(
+    client: &mut Client,
+    changes: &[FeedChange],
+) -> Result<Vec<StatusChanged>, DbError> {
     let tx = client.transaction().await?;
-    apply_changes(&tx, changes).await?;
+    let changed = apply_changes(&tx, changes).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(changed)
 }
 
 /// Applies state changes in order; a run of changes that differ only by symbol is one statement.
-async fn apply_changes(tx: &Transaction<'_>, changes: &[FeedChange]) -> Result<(), DbError> {
+/// Returns the feeds whose state (or error) changed.
+async fn apply_changes(
+    tx: &Transaction<'_>,
+    changes: &[FeedChange],
+) -> Result<Vec<StatusChanged>, DbError> {
+    let mut changed = Vec::new();
     let mut rest = changes;
     while let Some(first) = rest.first() {
         let same = |c: &FeedChange| {
@@ -381,12 +459,12 @@ async fn apply_changes(tx: &Transaction<'_>, changes: &[FeedChange]) -> Result<(
             &f.timeframe.as_str(),
             &symbols,
         ];
-        match &first.to {
-            Transition::Start => tx.execute(START_SQL, &key).await?,
+        let rows = match &first.to {
+            Transition::Start => tx.query(&start_sql(), &key).await?,
             Transition::Failed(text) => {
                 let text = text.replace('\0', "");
                 let params = [key[0], key[1], key[2], key[3], &text];
-                tx.execute(FAILED_SQL, &params).await?
+                tx.query(&failed_sql(), &params).await?
             }
             Transition::Ended(state, why) => {
                 // A load cannot end in `running`, nor `error` without a message.
@@ -397,11 +475,12 @@ async fn apply_changes(tx: &Transaction<'_>, changes: &[FeedChange]) -> Result<(
                 };
                 let why = why.as_ref().map(|w| w.replace('\0', ""));
                 let params = [key[0], key[1], key[3], &state.as_str(), &why];
-                tx.execute(ENDED_SQL, &params).await?
+                tx.query(&ended_sql(), &params).await?
             }
         };
+        changed.extend(rows.iter().filter_map(status_changed));
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Streams the batch's bars with binary COPY (`sql` names the target); returns the row count.

@@ -22,6 +22,7 @@ use super::{Batch, PipelineError, Totals, WriterContext};
 use crate::db::writer::{self, WriteOptions};
 use crate::db::{self, DbError, Fault};
 use crate::ingest::{bar_details, BatchReport, Rejection, NOTED_REJECTIONS};
+use crate::telemetry::{self, BatchResult};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 /// The longest wait between two attempts, jitter included.
@@ -62,10 +63,15 @@ pub(crate) async fn write_loop(
             continue;
         }
         busy.send_replace(true);
+        ctx.on_batch.begin(shard);
+        let started = std::time::Instant::now();
         let committed = commit(&ctx, batch, &mut state).await;
+        ctx.on_batch.end(shard);
         busy.send_replace(false);
         match committed {
             Ok(report) => {
+                telemetry::batch_committed(&report, started.elapsed());
+                ctx.announcer.committed(&report);
                 if let Some(t) = oldest {
                     // The batch's worst receipt-to-commit lag (its oldest row's): what the
                     // stream benchmark reads, and the future `mdingest_ingest_lag_seconds`.
@@ -78,7 +84,10 @@ pub(crate) async fn write_loop(
                     let _ = ack.send(report.clone());
                 }
             }
-            Err(Failure::Abandoned) => uncommitted += rows,
+            Err(Failure::Abandoned) => {
+                telemetry::batch_result(BatchResult::Abandoned);
+                uncommitted += rows
+            }
             Err(Failure::Fatal(e)) => {
                 tracing::error!(shard, error = %e, "writer stopped");
                 return Err(PipelineError::Fatal(e));
@@ -142,6 +151,8 @@ fn commit<'a>(
         let expect_new = state.expect_new;
         let prune = state.seq % PRUNE_EVERY == 1;
         let attempts = AtomicU64::new(0);
+        // Through an outage of hours a batch is retried thousands of times: a line a minute.
+        let noted = crate::logging::Throttled::per_minute();
         let attempt = || async {
             attempts.fetch_add(1, Ordering::Relaxed);
             let opts = WriteOptions {
@@ -173,12 +184,14 @@ fn commit<'a>(
             .retry(retry_policy())
             .when(|e: &DbError| e.is_retriable())
             .notify(|e, wait| {
+                telemetry::batch_result(BatchResult::Retried);
+                let Some(failed) = noted.hit() else { return };
                 let rows = batch.entries.len();
                 let tried = attempts.load(Ordering::Relaxed);
                 if tried >= LOUD_AFTER {
-                    tracing::error!(error = %e, retry_in = ?wait, rows, tried, "batch still not committed; retrying");
+                    tracing::error!(error = %e, retry_in = ?wait, rows, tried, failed_since_last_line = failed, "batch still not committed; retrying (logged once a minute)");
                 } else {
-                    tracing::warn!(error = %e, retry_in = ?wait, rows, "batch not committed; retrying");
+                    tracing::warn!(error = %e, retry_in = ?wait, rows, failed_since_last_line = failed, "batch not committed; retrying (logged once a minute)");
                 }
             });
         let result = tokio::select! {
@@ -208,6 +221,7 @@ fn commit<'a>(
                     sources,
                     feeds,
                     noted,
+                    changed: written.changed,
                 })
             }
             Err(e) if e.fault() == Fault::BadData => {

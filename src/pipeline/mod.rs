@@ -13,6 +13,7 @@ mod commit;
 pub mod validate;
 
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ pub use crate::ingest::{
 pub use batch::Batch;
 
 use crate::config::{PipelineConfig, Timeframes};
+use crate::events::Announcer;
 
 use crate::ingest::{weight, REJECTION_WEIGHT};
 
@@ -121,6 +123,7 @@ pub struct Pipeline {
     queue: Queue,
     router: JoinHandle<()>,
     writers: Vec<JoinHandle<Result<Totals, PipelineError>>>,
+    on_batch: Arc<OnBatch>,
 }
 
 /// What the writers need to know besides the batch.
@@ -130,6 +133,57 @@ pub(crate) struct WriterContext {
     timeframes: Timeframes,
     /// Cancelled when the operator gives up on uncommitted batches (shutdown deadline).
     abandon: CancellationToken,
+    /// Told of every commit (sync events); never waits.
+    announcer: Announcer,
+    on_batch: Arc<OnBatch>,
+}
+
+/// Since when each writer has been on its current batch: what the systemd watchdog watches.
+struct OnBatch {
+    epoch: Instant,
+    /// Per writer: milliseconds since `epoch` when its current batch began, plus one; 0 while
+    /// it waits for a batch.
+    since: Vec<AtomicU64>,
+}
+
+impl OnBatch {
+    fn begin(&self, shard: usize) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.since[shard].store(ms, Ordering::Relaxed);
+    }
+
+    fn end(&self, shard: usize) {
+        self.since[shard].store(0, Ordering::Relaxed);
+    }
+}
+
+/// A look at a running pipeline from outside: its queue's depth and its writers' progress.
+/// It holds no sender: the pipeline finishes whether or not a watch is still around.
+#[derive(Clone)]
+pub struct PipelineWatch {
+    room: Arc<Semaphore>,
+    capacity: usize,
+    on_batch: Arc<OnBatch>,
+}
+
+impl PipelineWatch {
+    /// Bars waiting in the queue (see [`Queue::depth`]).
+    pub fn depth(&self) -> usize {
+        self.capacity.saturating_sub(self.room.available_permits())
+    }
+
+    /// The longest any writer has been on its current batch (retries included), if one is on
+    /// a batch. A quiet market leaves every writer waiting: `None`.
+    pub fn longest_batch(&self) -> Option<Duration> {
+        let now = self.on_batch.epoch.elapsed().as_millis() as u64 + 1;
+        self.on_batch
+            .since
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&s| s != 0)
+            .map(|s| Duration::from_millis(now.saturating_sub(s)))
+            .max()
+    }
 }
 
 impl Pipeline {
@@ -138,14 +192,21 @@ impl Pipeline {
         pool: Pool,
         timeframes: Timeframes,
         abandon: CancellationToken,
+        announcer: Announcer,
     ) -> Pipeline {
         let room = Arc::new(Semaphore::new(cfg.queue_capacity));
         // The semaphore bounds bars; this only bounds the number of chunk envelopes.
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.clamp(1, 4096));
+        let on_batch = Arc::new(OnBatch {
+            epoch: Instant::now(),
+            since: (0..cfg.writers).map(|_| AtomicU64::new(0)).collect(),
+        });
         let ctx = WriterContext {
             pool,
             timeframes,
             abandon,
+            announcer,
+            on_batch: on_batch.clone(),
         };
         let mut shards = Vec::with_capacity(cfg.writers);
         let mut busy = Vec::with_capacity(cfg.writers);
@@ -188,11 +249,20 @@ impl Pipeline {
                 router.run(rx).await
             }),
             writers,
+            on_batch,
         }
     }
 
     pub fn queue(&self) -> Queue {
         self.queue.clone()
+    }
+
+    pub fn watch(&self) -> PipelineWatch {
+        PipelineWatch {
+            room: self.queue.room.clone(),
+            capacity: self.queue.capacity,
+            on_batch: self.on_batch.clone(),
+        }
     }
 
     /// Closes the queue, commits everything queued, and returns the totals. Every `Queue` clone
@@ -234,9 +304,27 @@ impl Pipeline {
 pub async fn end_feeds(
     pool: &Pool,
     changes: &[crate::ingest::FeedChange],
-) -> Result<(), crate::db::DbError> {
+) -> Result<Vec<crate::ingest::StatusChanged>, crate::db::DbError> {
     let mut client = crate::db::get(pool).await?;
     crate::db::writer::apply_alone(&mut client, changes).await
+}
+
+/// `mdingest_bars_received_total`: every row a source handed in, by data source, counted where
+/// they all pass.
+fn count_received(bars: &[crate::domain::Bar], rejections: &[Rejection]) {
+    let mut n = [0u64; crate::domain::DataSource::ALL.len()];
+    let sources = bars
+        .iter()
+        .map(|b| b.source)
+        .chain(rejections.iter().map(|r| r.source));
+    for s in sources {
+        n[s as usize] += 1;
+    }
+    for (source, n) in crate::domain::DataSource::ALL.into_iter().zip(n) {
+        if n > 0 {
+            crate::telemetry::received(source, n);
+        }
+    }
 }
 
 /// Closes the queue's room when dropped.
@@ -358,6 +446,7 @@ impl Router {
             }
             return Ok(());
         }
+        count_received(&bars, &rejections);
         for r in rejections {
             let shard = self.shard_of(r.symbol.as_deref().unwrap_or(""));
             self.add(shard, ack.as_ref(), |b| {

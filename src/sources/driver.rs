@@ -20,16 +20,20 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::domain::{DataSource, FeedState, Symbol};
+use crate::events::Announcer;
 use crate::ingest::{
     AckTx, BatchReport, Chunk, Feed, FeedChange, Transition, WriteCounts, NOTED_REJECTIONS,
 };
 use crate::pipeline::{Pipeline, PipelineClosed, PipelineError, Queue};
 use crate::shutdown::{Shutdown, Signal};
+use crate::telemetry::health::Health;
 
 /// A blocked wait says so after this long, and again at this interval.
 const WAIT_NOTICE: Duration = Duration::from_secs(5);
 /// The feeds' end after the writers failed must not hold the exit when the database is gone.
 const LATE_END_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the queued sync events may take to publish once everything is committed.
+const EVENTS_GRACE: Duration = Duration::from_secs(2);
 /// After giving up on the database, how long the feeds' end may still take.
 const GIVEN_UP_GRACE: Duration = Duration::from_millis(500);
 /// A producer of bars. `run` hands chunks to `ctx` until its input ends or `ctx.stop()` fires,
@@ -74,9 +78,24 @@ pub struct SourceContext {
     pool: Pool,
     config: Arc<Config>,
     show_progress: bool,
+    health: Arc<Health>,
+}
+
+/// What the daemon adds around a drive; the other commands take the default.
+#[derive(Clone, Default)]
+pub struct Ops {
+    /// Told which sources are healthy and how the pipeline moves (`/readyz`, the watchdog).
+    pub health: Arc<Health>,
+    /// Tell systemd READY=1 once the database is checked and the pipeline runs.
+    pub notify_ready: bool,
 }
 
 impl SourceContext {
+    /// Where a source says whether it is healthy (`/readyz`).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// Queues a chunk (waiting while the queue is full, and saying so when that lasts); its
     /// batches report to the driver once committed.
     pub async fn send(&self, chunk: Chunk) -> Result<(), PipelineClosed> {
@@ -335,6 +354,7 @@ pub async fn drive<S: Source>(
     sources: Vec<S>,
     shutdown: &Shutdown,
     show_progress: bool,
+    ops: Ops,
 ) -> Result<Summary, DriveError> {
     let started = Instant::now();
     let pool = db::pool(&cfg.database)?;
@@ -343,12 +363,19 @@ pub async fn drive<S: Source>(
         let client = db::get(&pool).await?;
         db::migrate::check_current(&client).await?;
     }
+    let (announcer, publisher) = Announcer::start(&cfg.redis, &cfg.service.name);
     let pipeline = Pipeline::start(
         &cfg.pipeline,
         pool.clone(),
         cfg.timeframes(),
         shutdown.abandon_token(),
+        announcer.clone(),
     );
+    ops.health.set_pipeline(pipeline.watch());
+    ops.health.set_pool(pool.clone());
+    if ops.notify_ready {
+        crate::systemd::ready();
+    }
     let (ack, acks) = mpsc::unbounded_channel();
     let committed = Arc::new(Mutex::new(WriteCounts::default()));
     let collector = tokio::spawn(collect(acks, committed.clone()));
@@ -362,6 +389,7 @@ pub async fn drive<S: Source>(
         pool: pool.clone(),
         config: Arc::new(cfg.clone()),
         show_progress,
+        health: ops.health.clone(),
     };
     let mut summary = Summary {
         what: sources.first().map_or("run", |s| s.name()),
@@ -444,13 +472,17 @@ pub async fn drive<S: Source>(
             LATE_END_TIMEOUT
         };
         match tokio::time::timeout(wait, crate::pipeline::end_feeds(&pool, &changes)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(changed)) => announcer.status_changed(&changed),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the feeds' final state"),
             Err(_) => {
                 tracing::warn!("cannot record the feeds' final state: the database did not answer")
             }
         }
     }
+    // The writers are gone; this was the last announcer. Redis gets a moment for what is
+    // queued (nothing waits on it when it is down: those events are dropped at once).
+    drop(announcer);
+    publisher.close(EVENTS_GRACE).await;
     summary.seconds = started.elapsed().as_secs_f64();
     match fatal {
         Some(e) => Err(DriveError::Pipeline(e)),

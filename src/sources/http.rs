@@ -452,11 +452,12 @@ impl HttpSource {
     /// One request: the body of a 2xx and its headers, with the big-body turn it took, if it
     /// grew that large.
     async fn attempt(&self, url: &Url) -> Result<(Vec<u8>, HeaderMap, Option<BigTurn>), Failed> {
-        let mut resp = self
-            .client
-            .send(url, &self.auth)
-            .await
-            .map_err(|e| self.transport(e))?;
+        let sent = self.client.send(url, &self.auth).await;
+        crate::telemetry::http_request(
+            self.vendor,
+            sent.as_ref().ok().map(|r| r.status().as_u16()),
+        );
+        let mut resp = sent.map_err(|e| self.transport(e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.status_failure(resp).await);

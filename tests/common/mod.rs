@@ -182,10 +182,19 @@ pub fn bar(symbol: &str, ts: DateTime<Utc>, price: &str, volume: i64) -> Bar {
     .unwrap()
 }
 
+/// Daemons of tests running side by side each serve metrics on a port of their own (a test
+/// that wants a known one sets `MDINGEST__METRICS__LISTEN` itself, which wins).
+fn own_metrics_port(cmd: &mut std::process::Command, args: &[&str]) {
+    if args.contains(&"run") {
+        cmd.env("MDINGEST__METRICS__LISTEN", "127.0.0.1:0");
+    }
+}
+
 /// Runs the built binary with `args` and extra environment variables.
 pub fn mdingest(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"));
     cmd.args(args);
+    own_metrics_port(&mut cmd, args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -254,8 +263,9 @@ pub fn spawn_mdingest(args: &[&str]) -> std::process::Child {
 
 /// The binary started with `args` and extra environment variables, its output piped.
 pub fn spawn_mdingest_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"))
-        .args(args)
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"));
+    own_metrics_port(&mut cmd, args);
+    cmd.args(args)
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
@@ -465,6 +475,7 @@ pub fn pg_dump(db: &TestDb) -> String {
 /// `RUST_LOG` removed (a developer's shell must not change what a test sees).
 pub async fn run_measured(args: &[&str], env: &[(&str, &str)]) -> Measured {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mdingest"));
+    own_metrics_port(&mut cmd, args);
     cmd.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -711,4 +722,31 @@ pub fn of_symbol(
         .filter(|((s, _), _)| s == symbol)
         .map(|((_, t), r)| (*t, *r))
         .collect()
+}
+
+/// A recent stretch of 30 minutes of one session (whatever the time of day now): bars exist
+/// only in it, on REST and on the stream, and it ended over half an hour ago, so the start's
+/// gap-fill (a minute back) finds nothing and only the stream and the reconnect's gap-fill
+/// can bring its bars.
+pub fn recent_session_stretch() -> (DateTime<Utc>, DateTime<Utc>) {
+    let latest = Utc::now() - chrono::Duration::minutes(35);
+    let bars = mdingest::sim::series(
+        "AAPL",
+        mdingest::domain::Timeframe::M1,
+        latest - chrono::Duration::days(6),
+        latest,
+    );
+    let at = |i: usize| DateTime::from_timestamp_millis(bars[i].t_ms).unwrap();
+    // The latest bar with a full half hour of its session before it (not one just after an
+    // open, which would leave only a few bars).
+    let last = (0..bars.len())
+        .rev()
+        .find(|&i| {
+            let from = at(i) - chrono::Duration::minutes(29);
+            let first = bars.partition_point(|b| b.t_ms < from.timestamp_millis());
+            i + 1 - first >= 25
+        })
+        .map(at)
+        .unwrap();
+    (last - chrono::Duration::minutes(29), last)
 }
