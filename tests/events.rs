@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use common::{bar, minute, Proxy, TestDb};
+use common::{bar, hold_commits, minute, Proxy, TestDb};
 
 const REDIS: &str = "127.0.0.1:6379";
 
@@ -60,9 +60,18 @@ async fn drain(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, quiet: Duratio
 }
 
 fn start(db: &TestDb, redis_url: &str, prefix: &str) -> (Pipeline, mdingest::events::Publisher) {
+    start_with(db, redis_url, prefix, "")
+}
+
+fn start_with(
+    db: &TestDb,
+    redis_url: &str,
+    prefix: &str,
+    redis_toml: &str,
+) -> (Pipeline, mdingest::events::Publisher) {
     // One writer: the whole chunk is one batch, one transaction.
     let cfg = db.config_with(&format!(
-        "[pipeline]\nwriters = 1\n[redis]\nurl = \"{redis_url}\"\nchannel_prefix = \"{prefix}\"\n"
+        "[pipeline]\nwriters = 1\n[redis]\nurl = \"{redis_url}\"\nchannel_prefix = \"{prefix}\"\n{redis_toml}"
     ));
     let pool = mdingest::db::pool(&cfg.database).unwrap();
     let (announcer, publisher) = Announcer::start(&cfg.redis, "data_ingestion");
@@ -85,6 +94,12 @@ fn bar_of(
     let mut b = bar(symbol, t, price, 100);
     b.source = source;
     b
+}
+
+/// AAPL's bar `i` minutes after 14:30, alone in its chunk.
+fn one_bar(i: i64) -> Chunk {
+    let t = minute(14, 30) + chrono::Duration::minutes(i);
+    Chunk::new(Mode::Backfill, vec![bar("AAPL", t, "10.5", 1)], Vec::new())
 }
 
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -130,13 +145,7 @@ async fn each_source_of_a_batch_is_announced_with_its_own_counts_and_never_befor
     ];
 
     // Hold the commit: the writer's first statement waits on this lock.
-    let holder = db.client().await;
-    holder
-        .batch_execute(
-            "BEGIN; LOCK TABLE data_ingestion.committed_batches IN ACCESS EXCLUSIVE MODE",
-        )
-        .await
-        .unwrap();
+    let holder = hold_commits(&db).await;
     queue
         .send(Chunk::new(Mode::Backfill, first, Vec::new()))
         .await
@@ -230,15 +239,7 @@ async fn with_redis_refusing_connections_every_batch_commits_and_the_publisher_e
     let (pipeline, publisher) = start(&db, "redis://127.0.0.1:1", &prefix("down"));
     let queue = pipeline.queue();
     for i in 0..200 {
-        let t = minute(14, 30) + chrono::Duration::minutes(i);
-        queue
-            .send(Chunk::new(
-                Mode::Backfill,
-                vec![bar("AAPL", t, "10.5", 1)],
-                Vec::new(),
-            ))
-            .await
-            .unwrap();
+        queue.send(one_bar(i)).await.unwrap();
     }
     drop(queue);
     pipeline.finish().await.unwrap();
@@ -263,17 +264,7 @@ async fn with_redis_silent_batches_commit_and_with_redis_back_publishing_resumes
     let queue = pipeline.queue();
     let send = |i: i64| {
         let queue = queue.clone();
-        async move {
-            let t = minute(14, 30) + chrono::Duration::minutes(i);
-            queue
-                .send(Chunk::new(
-                    Mode::Backfill,
-                    vec![bar("AAPL", t, "10.5", 1)],
-                    Vec::new(),
-                ))
-                .await
-                .unwrap();
-        }
+        async move { queue.send(one_bar(i)).await.unwrap() }
     };
     send(0).await;
     let (_, first) = next_event(&mut events).await;
@@ -306,30 +297,16 @@ async fn with_redis_silent_batches_commit_and_with_redis_back_publishing_resumes
     publisher.close(Duration::from_secs(5)).await;
 }
 
-/// A server that accepts connections and never answers: Redis frozen.
-async fn silent_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_never_answers_holds_up_no_batch() {
     let db = TestDb::migrated("events_silent").await;
-    let port = silent_server().await;
+    let port = common::silent_server().await;
     let (pipeline, publisher) = start(&db, &format!("redis://127.0.0.1:{port}"), &prefix("silent"));
     let queue = pipeline.queue();
     let mut acks = Vec::new();
     for i in 0..100 {
-        let t = minute(14, 30) + chrono::Duration::minutes(i);
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut chunk = Chunk::new(Mode::Backfill, vec![bar("AAPL", t, "10.5", 1)], Vec::new());
+        let mut chunk = one_bar(i);
         chunk.ack = Some(tx);
         queue.send(chunk).await.unwrap();
         acks.push(rx);
@@ -345,4 +322,58 @@ async fn a_redis_that_never_answers_holds_up_no_batch() {
     drop(queue);
     pipeline.finish().await.unwrap();
     publisher.close(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_also_kept_in_a_capped_stream_when_asked() {
+    let db = TestDb::migrated("events_stream").await;
+    let prefix = prefix("stream");
+    let (pipeline, publisher) = start_with(
+        &db,
+        &format!("redis://{REDIS}"),
+        &prefix,
+        "stream_maxlen = 1000\n",
+    );
+    let queue = pipeline.queue();
+    for i in 0..3 {
+        queue.send(one_bar(i)).await.unwrap();
+    }
+    drop(queue);
+    pipeline.finish().await.unwrap();
+    assert_eq!(publisher.close(Duration::from_secs(5)).await, 0);
+    let client = redis::Client::open(format!("redis://{REDIS}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{prefix}:events");
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .flat_map(|(_, fields)| fields.iter())
+        .filter(|(k, _)| k == "type")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .filter(|k| **k == "market_data_updated")
+            .count()
+            >= 1
+            && kinds.contains(&"ingestion_status_changed"),
+        "{kinds:?}"
+    );
+    for (_, fields) in &entries {
+        let event = &fields.iter().find(|(k, _)| k == "event").unwrap().1;
+        let v: Value = serde_json::from_str(event).unwrap();
+        assert_eq!(v["service"], "data_ingestion");
+    }
 }

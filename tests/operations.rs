@@ -14,14 +14,6 @@ use mdingest::sim::{SimConfig, Simulator, WsConfig};
 
 const KEY: &str = "ops-stream-key-1618";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The latest session's stretch of 30 minutes, replayed on the stream from its start at
 /// `bars_per_sec`; then the stream is quiet.
 async fn replay_sim(bars_per_sec: f64) -> (Simulator, DateTime<Utc>, DateTime<Utc>) {
@@ -335,21 +327,21 @@ async fn the_watchdog_stops_for_a_wedged_writer_and_keeps_pinging_through_a_quie
     let (sim, from, to) = replay_sim(10.0).await;
     let dir = tempfile::tempdir().unwrap();
     let notify = NotifySocket::bind(dir.path());
+    // And Redis frozen: it holds up nothing, and what it drops is counted.
+    let redis = silent_server().await;
+    let redis = format!("redis://127.0.0.1:{redis}");
     let cfg = config(&db.url, dir.path(), &sim, "");
+    let listen = format!("127.0.0.1:{}", free_port());
     // The writer's first statement waits on this lock: a wedged writer.
-    let holder = db.client().await;
-    holder
-        .batch_execute(
-            "BEGIN; LOCK TABLE data_ingestion.committed_batches IN ACCESS EXCLUSIVE MODE",
-        )
-        .await
-        .unwrap();
+    let holder = hold_commits(&db).await;
     let child = spawn_mdingest_env(
         &["--config", cfg.to_str().unwrap(), "run"],
         &[
             ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
             // Pings every half second while the pipeline moves.
             ("WATCHDOG_USEC", "1000000"),
+            ("MDINGEST__METRICS__LISTEN", &listen),
+            ("MDINGEST__REDIS__URL", &redis),
         ],
     );
     notify.wait_for("READY=1", 30);

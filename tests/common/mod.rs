@@ -750,3 +750,38 @@ pub fn recent_session_stretch() -> (DateTime<Utc>, DateTime<Utc>) {
         .unwrap();
     (last - chrono::Duration::minutes(29), last)
 }
+
+/// A free port on 127.0.0.1 (free when asked; a test binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Holds every commit of `db`'s writers (their first statement waits on this lock) until the
+/// returned session runs `COMMIT`.
+pub async fn hold_commits(db: &TestDb) -> Client {
+    let holder = db.client().await;
+    holder
+        .batch_execute(
+            "BEGIN; LOCK TABLE data_ingestion.committed_batches IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    holder
+}
+
+/// A server that accepts connections and never answers: Redis frozen.
+pub async fn silent_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    port
+}
