@@ -213,14 +213,7 @@ pub async fn backfill(
         grid,
         force: opts.force,
     };
-    Ok(driver::drive(
-        cfg,
-        vec![source],
-        shutdown,
-        show_progress,
-        Default::default(),
-    )
-    .await?)
+    Ok(driver::drive_command(cfg, source, shutdown, show_progress).await?)
 }
 
 struct RestBackfill {

@@ -44,14 +44,7 @@ pub async fn import(
         timeframe,
         total_bytes,
     };
-    Ok(driver::drive(
-        cfg,
-        vec![source],
-        shutdown,
-        show_progress,
-        Default::default(),
-    )
-    .await?)
+    Ok(driver::drive_command(cfg, source, shutdown, show_progress).await?)
 }
 
 struct FlatFiles {

@@ -347,6 +347,16 @@ impl fmt::Display for Summary {
     }
 }
 
+/// A command's one source (`import`, `backfill`): no health to serve, no systemd to tell.
+pub async fn drive_command<S: Source>(
+    cfg: &Config,
+    source: S,
+    shutdown: &Shutdown,
+    show_progress: bool,
+) -> Result<Summary, DriveError> {
+    drive(cfg, vec![source], shutdown, show_progress, Ops::default()).await
+}
+
 /// Runs `sources` side by side through one pipeline to the end (see the module's doc). The
 /// summary is named after the first.
 pub async fn drive<S: Source>(
