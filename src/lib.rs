@@ -5,6 +5,7 @@
 
 pub mod backfill;
 pub mod backoff;
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod db;
