@@ -78,6 +78,30 @@ pub enum Command {
     /// start and after every reconnect) and polls those that do not (Yahoo), until
     /// SIGTERM/SIGINT.
     Run,
+    /// Each symbol's bars held against those the NYSE's sessions call for (holidays and 13:00
+    /// early closes included) on the source's timeframe: missing and sparse sessions, and the
+    /// holes as ranges, longest first.
+    Coverage {
+        #[arg(long, value_parser = parse_source)]
+        source: DataSource,
+        /// Symbols, comma-separated (default: every symbol holding a bar of the source in the
+        /// range).
+        #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
+        symbols: Vec<Symbol>,
+        /// First exchange date (inclusive; also today, yesterday or today-7d).
+        #[arg(long, value_parser = parse_date)]
+        from: DateArg,
+        /// Last exchange date (inclusive).
+        #[arg(long, value_parser = parse_date)]
+        to: DateArg,
+        /// A session holding bars but filled below this percentage counts as a hole too
+        /// (default 0: only sessions without a bar are holes).
+        #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+        hole_below: f64,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every feed's ingestion status (state, last bar and its lag, last error).
     Status {
         /// One JSON array of feeds instead of the table.
@@ -202,6 +226,38 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 out(&format!("{}\n", db::status::render_json(&rows, now)));
             } else {
                 out(&db::status::render_table(&rows, now));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Coverage {
+            source,
+            symbols,
+            from,
+            to,
+            hole_below,
+            json,
+        } => {
+            let (DateArg::Date(from), DateArg::Date(to)) = (from, to) else {
+                anyhow::bail!(
+                    "coverage: --from and --to are exchange dates (2024-01-02), not times"
+                );
+            };
+            let pg = db::parse_url(cfg.database.url.expose())?;
+            let client = db::connect(&pg, &cfg.database.url.redacted()).await?;
+            db::migrate::check_current(&client).await?;
+            let opts = crate::coverage::CoverageOptions {
+                source,
+                timeframe: cfg.timeframes().of(source),
+                symbols,
+                from,
+                to,
+                hole_below,
+            };
+            let report = crate::coverage::report(&client, &opts).await?;
+            if json {
+                out(&format!("{}\n", report.to_json()));
+            } else {
+                out(&report.render_table());
             }
             Ok(ExitCode::SUCCESS)
         }

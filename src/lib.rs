@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod calendar;
 pub mod cli;
 pub mod config;
+pub mod coverage;
 pub mod db;
 pub mod domain;
 pub mod events;

@@ -90,7 +90,7 @@ fn token(symbol: &str, t: i64) -> String {
 }
 
 fn untoken(s: &str) -> Option<(String, i64)> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())

@@ -122,7 +122,7 @@ impl Rng {
 /// Whether the minute starting at `t` had no trades (about 2%, independent of timeframe so a
 /// client sees the same holes whatever it asks for).
 fn no_trades(sym: u64, t: i64) -> bool {
-    keyed(sym, TAG_MISSING, t) % 50 == 0
+    keyed(sym, TAG_MISSING, t).is_multiple_of(50)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ impl Volume {
                 let digits = 1 + r.below(3) as u32;
                 let scale = 10u64.pow(digits);
                 let mut frac = 1 + r.below(scale - 1);
-                if frac % 10 == 0 {
+                if frac.is_multiple_of(10) {
                     frac += 1;
                 }
                 Volume::Fraction {
@@ -554,7 +554,7 @@ pub(crate) fn push_price(buf: &mut Vec<u8>, units: i64) {
     let mut frac = u % 10_000;
     if frac != 0 {
         let mut digits = 4;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             digits -= 1;
         }

@@ -1,0 +1,352 @@
+//! `mdingest coverage --source S [--symbols A,B] --from D --to D`: each symbol's bars held
+//! against the bars the NYSE's sessions call for on the source's timeframe. A session with no
+//! bar is *missing*; one with bars but fewer than expected is *sparse* (a thin symbol's minute
+//! without trades has no bar); a *hole* is a missing session, or a sparse one filled below
+//! `--hole-below` percent. The counts come from the database in one pass per source.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::calendar::{self, CalendarError, Session};
+use crate::db::DbError;
+use crate::domain::{DataSource, Symbol, Timeframe};
+
+#[derive(Debug, Clone)]
+pub struct CoverageOptions {
+    pub source: DataSource,
+    pub timeframe: Timeframe,
+    /// Empty: every symbol that holds a bar of the source in the range.
+    pub symbols: Vec<Symbol>,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// A sparse session filled below this percentage is a hole too (0: only missing sessions).
+    pub hole_below: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoverageError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Calendar(#[from] CalendarError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for CoverageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CoverageError::Db(e.into())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub source: DataSource,
+    pub timeframe: Timeframe,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub sessions: usize,
+    pub hole_below: f64,
+    pub symbols: Vec<SymbolCoverage>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SymbolCoverage {
+    pub symbol: String,
+    /// Sessions holding at least one bar.
+    pub sessions_held: usize,
+    pub bars_held: i64,
+    pub bars_expected: i64,
+    pub percent: f64,
+    pub missing: Vec<NaiveDate>,
+    pub sparse: Vec<SparseSession>,
+    /// Runs of consecutive hole sessions, longest first.
+    pub holes: Vec<Hole>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct SparseSession {
+    pub date: NaiveDate,
+    pub held: i64,
+    pub expected: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Hole {
+    pub first: NaiveDate,
+    pub last: NaiveDate,
+    pub sessions: usize,
+}
+
+/// Each symbol's in-session bar count per exchange date, in one pass over the range. Regular
+/// sessions lie within one UTC day (13:30–21:00 UTC at the latest), so the UTC day numbers the
+/// session, and the per-day `[start, end)` arrays keep out pre- and after-market bars.
+const COUNTS_SQL: &str = "
+WITH b AS (
+    SELECT symbol, extract(epoch FROM timestamp)::bigint AS ep
+    FROM data_ingestion.market_data
+    WHERE data_source = $1 AND timestamp >= $2 AND timestamp < $3
+      AND ($4::text[] IS NULL OR symbol = ANY($4))
+), d AS (
+    SELECT symbol, ep, (ep / 86400 - $5)::int + 1 AS day FROM b
+)
+SELECT symbol, day, count(*)
+FROM d
+WHERE ep >= ($6::bigint[])[day] AND ep < ($7::bigint[])[day]
+GROUP BY symbol, day";
+
+/// The sessions of the range and, per symbol, the bars held in each.
+pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, CoverageError> {
+    if opts.from > opts.to {
+        return Err(CoverageError::Usage("--from is after --to".into()));
+    }
+    if !(0.0..=100.0).contains(&opts.hole_below) {
+        return Err(CoverageError::Usage(
+            "--hole-below is a percentage from 0 to 100".into(),
+        ));
+    }
+    let sessions = calendar::sessions(opts.from, opts.to)?;
+    let tf = opts.timeframe;
+    let day_of = |t: DateTime<Utc>| t.timestamp().div_euclid(86_400);
+    let first_day = day_of(
+        calendar::new_york_midnight(opts.from)
+            .ok_or_else(|| CoverageError::Usage("--from is out of range".into()))?,
+    );
+    let end = opts
+        .to
+        .succ_opt()
+        .and_then(calendar::new_york_midnight)
+        .ok_or_else(|| CoverageError::Usage("--to is out of range".into()))?;
+    let days = usize::try_from(day_of(end) - first_day + 1).unwrap_or(0);
+    // Days without a session keep an empty span: nothing counts there.
+    let (mut starts, mut ends) = (vec![0i64; days], vec![0i64; days]);
+    for s in &sessions {
+        let (start, stop) = s.span(tf);
+        let i = usize::try_from(day_of(start) - first_day).unwrap_or(usize::MAX);
+        if let (Some(a), Some(b)) = (starts.get_mut(i), ends.get_mut(i)) {
+            *a = start.timestamp();
+            *b = stop.timestamp();
+        }
+    }
+    let start = calendar::new_york_midnight(opts.from).unwrap_or(end);
+    let symbols: Option<Vec<&str>> =
+        (!opts.symbols.is_empty()).then(|| opts.symbols.iter().map(Symbol::as_str).collect());
+    let rows = client
+        .query(
+            COUNTS_SQL,
+            &[
+                &opts.source.as_str(),
+                &start,
+                &end,
+                &symbols,
+                &first_day,
+                &starts,
+                &ends,
+            ],
+        )
+        .await?;
+    let mut held: BTreeMap<String, BTreeMap<i64, i64>> = BTreeMap::new();
+    for s in opts.symbols.iter() {
+        held.entry(s.as_str().to_string()).or_default();
+    }
+    for r in &rows {
+        let day: i32 = r.get(1);
+        held.entry(r.get(0))
+            .or_default()
+            .insert(first_day + i64::from(day) - 1, r.get(2));
+    }
+    let symbols = held
+        .into_iter()
+        .map(|(symbol, by_day)| {
+            let count = |s: &Session| by_day.get(&day_of(s.span(tf).0)).copied().unwrap_or(0);
+            symbol_coverage(symbol, &sessions, tf, opts.hole_below, count)
+        })
+        .collect();
+    Ok(Report {
+        source: opts.source,
+        timeframe: tf,
+        from: opts.from,
+        to: opts.to,
+        sessions: sessions.len(),
+        hole_below: opts.hole_below,
+        symbols,
+    })
+}
+
+fn symbol_coverage(
+    symbol: String,
+    sessions: &[Session],
+    tf: Timeframe,
+    hole_below: f64,
+    held_in: impl Fn(&Session) -> i64,
+) -> SymbolCoverage {
+    let mut c = SymbolCoverage {
+        symbol,
+        sessions_held: 0,
+        bars_held: 0,
+        bars_expected: 0,
+        percent: 0.0,
+        missing: Vec::new(),
+        sparse: Vec::new(),
+        holes: Vec::new(),
+    };
+    let mut run: Option<Hole> = None;
+    for s in sessions {
+        let expected = s.expected(tf);
+        // A vendor's extra bar (a correction on the grid) never makes a session overfull.
+        let held = held_in(s).min(expected);
+        c.bars_expected += expected;
+        c.bars_held += held;
+        let is_hole = if held == 0 {
+            c.missing.push(s.date);
+            true
+        } else {
+            c.sessions_held += 1;
+            if held < expected {
+                c.sparse.push(SparseSession {
+                    date: s.date,
+                    held,
+                    expected,
+                });
+            }
+            percent(held, expected) < hole_below
+        };
+        run = match (run, is_hole) {
+            (Some(mut h), true) => {
+                h.last = s.date;
+                h.sessions += 1;
+                Some(h)
+            }
+            (None, true) => Some(Hole {
+                first: s.date,
+                last: s.date,
+                sessions: 1,
+            }),
+            (Some(h), false) => {
+                c.holes.push(h);
+                None
+            }
+            (None, false) => None,
+        };
+    }
+    c.holes.extend(run);
+    c.holes
+        .sort_by(|a, b| b.sessions.cmp(&a.sessions).then(a.first.cmp(&b.first)));
+    c.percent = percent(c.bars_held, c.bars_expected);
+    c
+}
+
+fn percent(held: i64, expected: i64) -> f64 {
+    if expected == 0 {
+        100.0
+    } else {
+        held as f64 * 100.0 / expected as f64
+    }
+}
+
+impl Report {
+    /// The hole sessions of every symbol: what `backfill --holes` fetches.
+    pub fn hole_sessions(&self) -> impl Iterator<Item = (&str, NaiveDate, NaiveDate)> {
+        self.symbols.iter().flat_map(|s| {
+            s.holes
+                .iter()
+                .map(move |h| (s.symbol.as_str(), h.first, h.last))
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The compact table: one line per symbol, worst first within the order of symbols.
+    pub fn render_table(&self) -> String {
+        let mut out = format!(
+            "{} {} {}..{}: {} sessions (NYSE); a hole is a missing session{}\n",
+            self.source,
+            self.timeframe,
+            self.from,
+            self.to,
+            self.sessions,
+            if self.hole_below > 0.0 {
+                format!(" or one filled below {}%", self.hole_below)
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>9} {:>23} {:>7} {:>7} {:>6}  HOLES (longest first)",
+            "SYMBOL", "SESSIONS", "BARS HELD/EXPECTED", "FILL", "MISSING", "SPARSE"
+        );
+        for s in &self.symbols {
+            let holes = if s.holes.is_empty() {
+                "-".to_string()
+            } else {
+                let shown: Vec<String> = s.holes.iter().take(5).map(hole_text).collect();
+                let more = s.holes.len().saturating_sub(5);
+                let mut t = shown.join(", ");
+                if more > 0 {
+                    let _ = write!(t, ", +{more} more");
+                }
+                t
+            };
+            let _ = writeln!(
+                out,
+                "{:<10} {:>9} {:>23} {:>6.1}% {:>7} {:>6}  {holes}",
+                s.symbol,
+                format!("{}/{}", s.sessions_held, self.sessions),
+                format!("{}/{}", s.bars_held, s.bars_expected),
+                s.percent,
+                s.missing.len(),
+                s.sparse.len(),
+            );
+        }
+        if self.symbols.is_empty() {
+            out.push_str("(no symbol holds a bar of this source in the range; give --symbols)\n");
+        }
+        out
+    }
+}
+
+fn hole_text(h: &Hole) -> String {
+    if h.first == h.last {
+        h.first.to_string()
+    } else {
+        format!("{}..{} ({} sessions)", h.first, h.last, h.sessions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_hole_sessions_are_ranges_longest_first_and_sparse_ones_are_not_holes() {
+        let sessions =
+            calendar::sessions("2024-03-04".parse().unwrap(), "2024-03-15".parse().unwrap())
+                .unwrap();
+        let held = |s: &Session| match s.date.to_string().as_str() {
+            "2024-03-05" => 0,
+            "2024-03-11" | "2024-03-12" | "2024-03-13" => 0,
+            "2024-03-07" => 200,
+            "2024-03-08" => 10,
+            _ => 390,
+        };
+        let c = symbol_coverage("X".into(), &sessions, Timeframe::M1, 0.0, held);
+        assert_eq!(c.missing.len(), 4);
+        assert_eq!(c.sparse.len(), 2);
+        let holes: Vec<String> = c.holes.iter().map(hole_text).collect();
+        assert_eq!(holes, ["2024-03-11..2024-03-13 (3 sessions)", "2024-03-05"]);
+        let c = symbol_coverage("X".into(), &sessions, Timeframe::M1, 50.0, held);
+        let holes: Vec<String> = c.holes.iter().map(hole_text).collect();
+        assert_eq!(
+            holes,
+            // Friday's thin session joins Monday..Wednesday: a run is over sessions, not days.
+            ["2024-03-08..2024-03-13 (4 sessions)", "2024-03-05"]
+        );
+    }
+}
