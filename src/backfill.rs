@@ -9,11 +9,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use futures_util::future::join_all;
 
+use crate::calendar::new_york_midnight;
 use crate::config::Config;
-use crate::db::backfill::{self as queue, Range, Task};
+use crate::coverage::{self, CoverageError, CoverageOptions};
+use crate::db::backfill::{self as queue, Cells, Range, Task};
 use crate::db::{self, DbError};
 use crate::domain::{DataSource, Symbol, Timeframe};
 use crate::ingest::{Chunk, Feed};
@@ -114,14 +116,6 @@ fn relative_day(s: &str, today: NaiveDate) -> Option<Result<NaiveDate, String>> 
     Some(Ok(today - Duration::days(i64::from(days))))
 }
 
-/// Midnight New York at the start of `d`.
-fn new_york_midnight(d: NaiveDate) -> Option<DateTime<Utc>> {
-    chrono_tz::America::New_York
-        .from_local_datetime(&d.and_hms_opt(0, 0, 0)?)
-        .earliest()
-        .map(|t| t.with_timezone(&Utc))
-}
-
 impl DateArg {
     /// The first instant of the range it starts.
     pub fn start(self) -> Option<DateTime<Utc>> {
@@ -149,6 +143,9 @@ pub struct BackfillOptions {
     pub to: DateArg,
     pub timeframe: Option<Timeframe>,
     pub force: bool,
+    /// `--holes`: only the sessions `coverage` calls holes (a sparse session filled below this
+    /// percentage is one too).
+    pub holes: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +194,26 @@ pub async fn backfill(
         ));
     }
     let timeframe = vendor.timeframe;
+    let holes =
+        match (opts.holes, opts.from, opts.to) {
+            (None, ..) => None,
+            (Some(hole_below), DateArg::Date(from), DateArg::Date(to)) => {
+                // The calendar's reach is checked before any work starts.
+                crate::calendar::sessions(from, to).map_err(|e| usage(e.to_string()))?;
+                Some(CoverageOptions {
+                    source: vendor.source,
+                    timeframe,
+                    symbols: symbols.clone(),
+                    from,
+                    to,
+                    hole_below,
+                })
+            }
+            _ => return Err(usage(
+                "--holes takes exchange dates (2024-01-02) for --from and --to: holes are sessions"
+                    .into(),
+            )),
+        };
     let grid = windows(vendor.history.window_len(timeframe), from, to, Utc::now());
     let range = Range {
         source: vendor.source,
@@ -206,12 +223,14 @@ pub async fn backfill(
         last: grid.last().map_or(from, |w| w.0),
         // Set from the database's clock when the run starts.
         since: from,
+        cells: None,
     };
     let source = RestBackfill {
         history: vendor.history,
         range,
         grid,
         force: opts.force,
+        holes,
     };
     Ok(driver::drive_command(cfg, source, shutdown, show_progress).await?)
 }
@@ -221,6 +240,7 @@ struct RestBackfill {
     range: Range,
     grid: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     force: bool,
+    holes: Option<CoverageOptions>,
 }
 
 /// What the workers share.
@@ -251,7 +271,8 @@ impl Source for RestBackfill {
     async fn run(self, ctx: SourceContext) -> SourceEnd {
         let mut end = SourceEnd::default();
         let mut range = self.range;
-        let planned = match plan(&ctx, &mut range, &self.grid, self.force).await {
+        let holes = self.holes.as_ref();
+        let planned = match plan(&ctx, &mut range, &self.grid, self.force, holes).await {
             Ok(c) => c,
             Err(e) => {
                 end.failed.push(format!("cannot plan the backfill: {e}"));
@@ -261,8 +282,16 @@ impl Source for RestBackfill {
         let todo = (planned.total - planned.done).max(0) as u64;
         end.lines
             .push(("tasks", format!("{todo} of {}", planned.total)));
+        if let Some(c) = &range.cells {
+            end.lines
+                .push(("hole sessions", c.starts.len().to_string()));
+        }
         if planned.total == 0 {
-            tracing::info!("nothing to fetch: the range holds no window that has begun");
+            if holes.is_some() {
+                tracing::info!("nothing to fetch: the range has no hole");
+            } else {
+                tracing::info!("nothing to fetch: the range holds no window that has begun");
+            }
             return end;
         }
         if todo == 0 {
@@ -314,15 +343,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Plans the range's tasks: the grid's windows, or with `holes` one task per hole session
+/// (New York midnight to midnight: never a window of the grid, which starts on UTC midnights,
+/// so the two never share a task, and a session stays the same task run after run).
 async fn plan(
     ctx: &SourceContext,
     range: &mut Range,
     grid: &[(DateTime<Utc>, DateTime<Utc>)],
     force: bool,
-) -> Result<queue::Counts, DbError> {
+    holes: Option<&CoverageOptions>,
+) -> Result<queue::Counts, CoverageError> {
     let client = db::get(ctx.pool()).await?;
     range.since = queue::now(&client).await?;
-    queue::plan(&client, range, grid, force).await
+    if let Some(opts) = holes {
+        let report = coverage::report(&client, opts).await?;
+        let mut cells = Cells::default();
+        for (symbol, date) in report.hole_sessions() {
+            let (Some(start), Some(end)) = (
+                new_york_midnight(date),
+                date.succ_opt().and_then(new_york_midnight),
+            ) else {
+                continue;
+            };
+            // A session not begun yet is not a hole.
+            if start <= range.since {
+                cells.symbols.push(symbol.to_string());
+                cells.starts.push(start);
+                cells.ends.push(end);
+            }
+        }
+        if cells.starts.is_empty() {
+            range.cells = Some(cells);
+            return Ok(queue::Counts::default());
+        }
+        range.first = cells.starts.iter().min().copied().unwrap_or(range.first);
+        range.last = cells.starts.iter().max().copied().unwrap_or(range.last);
+        range.cells = Some(cells);
+    }
+    Ok(queue::plan(&client, range, grid, force).await?)
 }
 
 /// Database errors a worker rides out (a reset, a failover) before it gives up.

@@ -34,7 +34,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the database objects (idempotent; safe to run concurrently).
-    Migrate,
+    Migrate {
+        /// Convert a plain market_data into monthly partitions while writers go on: copies
+        /// symbol by symbol with progress (a stopped run goes on where it stopped), then swaps
+        /// the tables, keeping the plain one as market_data_unpartitioned.
+        #[arg(long)]
+        to_partitioned: bool,
+    },
     /// Bulk-load vendor files.
     Import {
         #[arg(long, value_enum)]
@@ -70,6 +76,13 @@ pub enum Command {
         /// Fetch windows again that are already done (to pick up a vendor's corrections).
         #[arg(long)]
         force: bool,
+        /// Fetch only the sessions `coverage` reports as holes for these selectors, one task
+        /// per session; a session fetched before is not fetched again (unless --force).
+        #[arg(long)]
+        holes: bool,
+        /// With --holes: a session holding bars but filled below this percentage is a hole too.
+        #[arg(long, requires = "holes", value_name = "PERCENT", value_parser = parse_percent)]
+        hole_below: Option<f64>,
         /// Print the summary as one JSON object on stdout (same exit codes).
         #[arg(long)]
         json: bool,
@@ -96,7 +109,7 @@ pub enum Command {
         to: DateArg,
         /// A session holding bars but filled below this percentage counts as a hole too
         /// (default 0: only sessions without a bar are holes).
-        #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+        #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = parse_percent)]
         hole_below: f64,
         /// One JSON object instead of the table.
         #[arg(long)]
@@ -130,6 +143,16 @@ fn parse_timeframe(s: &str) -> Result<Timeframe, String> {
 
 fn parse_date(s: &str) -> Result<DateArg, String> {
     s.parse()
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "\"{}\" is not a percentage from 0 to 100",
+            crate::text::excerpt(s, 20)
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -201,8 +224,41 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             out(&cfg.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate => {
-            let report = db::migrate::migrate(cfg.database.url.expose()).await?;
+        Command::Migrate {
+            to_partitioned: true,
+        } => {
+            let shutdown = listening()?;
+            let pg = db::parse_url(cfg.database.url.expose())?;
+            let mut client = db::connect(&pg, &cfg.database.url.redacted()).await?;
+            db::migrate::check_current(&client).await?;
+            let done = db::convert::to_partitioned(&mut client, &shutdown, true).await?;
+            if done.already {
+                out("market_data is partitioned already: nothing to do\n");
+                return Ok(ExitCode::SUCCESS);
+            }
+            out(&format!(
+                "copied {} rows of {} symbols ({} symbols in all)\n",
+                done.rows_copied, done.symbols_copied, done.symbols_total
+            ));
+            if done.interrupted {
+                let signal = shutdown.signal().map_or(1, |s| s.exit_code());
+                error_line(
+                    "interrupted before the swap: run `mdingest migrate --to-partitioned` again to go on where it stopped",
+                );
+                return Ok(ExitCode::from(signal));
+            }
+            out(&format!(
+                "market_data is partitioned by month; the plain table is kept as data_ingestion.{}: drop it once satisfied\n",
+                db::convert::KEPT
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate {
+            to_partitioned: false,
+        } => {
+            let report =
+                db::migrate::migrate_with(cfg.database.url.expose(), cfg.database.partitioning)
+                    .await?;
             if report.created_database {
                 out("created database\n");
             }
@@ -211,6 +267,9 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             }
             for m in &report.applied {
                 out(&format!("applied {m}\n"));
+            }
+            for n in &report.notes {
+                out(&format!("{n}\n"));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -298,6 +357,8 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             to,
             timeframe,
             force,
+            holes,
+            hole_below,
             json,
         } => {
             let shutdown = listening()?;
@@ -308,6 +369,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 to,
                 timeframe,
                 force,
+                holes: holes.then_some(hole_below.unwrap_or(0.0)),
             };
             let summary = backfill::backfill(&cfg, opts, &shutdown, !json).await?;
             Ok(finish(&summary, json))

@@ -305,6 +305,9 @@ pub struct DatabaseConfig {
     pub url: SecretUrl,
     pub pool_max_size: usize,
     pub pool_recycle_secs: u64,
+    /// How `migrate` creates `market_data`; an existing table keeps its layout (see
+    /// `migrate --to-partitioned`).
+    pub partitioning: Partitioning,
 }
 
 impl Default for DatabaseConfig {
@@ -313,8 +316,18 @@ impl Default for DatabaseConfig {
             url: SecretUrl("postgres://postgres@127.0.0.1:5432/trading_system".into()),
             pool_max_size: 30,
             pool_recycle_secs: 3600,
+            partitioning: Partitioning::None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partitioning {
+    /// The seed's plain table.
+    None,
+    /// Partitioned by range of `timestamp`, one partition per UTC month.
+    Monthly,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

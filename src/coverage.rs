@@ -52,6 +52,9 @@ pub struct Report {
     pub sessions: usize,
     pub hole_below: f64,
     pub symbols: Vec<SymbolCoverage>,
+    /// The calendar's sessions of the range, in order.
+    #[serde(skip)]
+    pub session_dates: Vec<NaiveDate>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -174,6 +177,7 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
         sessions: sessions.len(),
         hole_below: opts.hole_below,
         symbols,
+        session_dates: sessions.iter().map(|s| s.date).collect(),
     })
 }
 
@@ -249,13 +253,19 @@ fn percent(held: i64, expected: i64) -> f64 {
 }
 
 impl Report {
-    /// The hole sessions of every symbol: what `backfill --holes` fetches.
-    pub fn hole_sessions(&self) -> impl Iterator<Item = (&str, NaiveDate, NaiveDate)> {
-        self.symbols.iter().flat_map(|s| {
-            s.holes
-                .iter()
-                .map(move |h| (s.symbol.as_str(), h.first, h.last))
-        })
+    /// Every hole session of every symbol, one by one: what `backfill --holes` fetches.
+    pub fn hole_sessions(&self) -> Vec<(&str, NaiveDate)> {
+        let mut out = Vec::new();
+        for s in &self.symbols {
+            for h in &s.holes {
+                let days = self.session_dates.iter().copied();
+                out.extend(
+                    days.filter(|d| (h.first..=h.last).contains(d))
+                        .map(|d| (s.symbol.as_str(), d)),
+                );
+            }
+        }
+        out
     }
 
     pub fn to_json(&self) -> String {

@@ -23,6 +23,8 @@ pub enum Unit {
     Bytes,
     /// Tasks of a work queue.
     Tasks,
+    /// Symbols of a table.
+    Symbols,
 }
 
 impl Progress {
@@ -33,6 +35,7 @@ impl Progress {
             let counts = match unit {
                 Unit::Bytes => "{bytes}/{total_bytes}",
                 Unit::Tasks => "{pos}/{len} tasks",
+                Unit::Symbols => "{pos}/{len} symbols",
             };
             bar.set_style(
                 ProgressStyle::with_template(&format!(
@@ -67,6 +70,7 @@ impl Progress {
             let of = match self.unit {
                 Unit::Bytes => String::new(),
                 Unit::Tasks => format!(" ({done} of {} tasks)", self.total),
+                Unit::Symbols => format!(" ({done} of {} symbols)", self.total),
             };
             tracing::info!("{}: {:.0}%{of} {}", self.what, pct, message());
         }

@@ -674,3 +674,66 @@ async fn memory_stays_bounded_under_31_mb_pages_for_four_symbols() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holes_fetches_exactly_the_missing_session_and_a_second_run_nothing() {
+    // Jan 15 is Martin Luther King Day: the simulator has bars that weekday, the NYSE no
+    // session, so the calendar never calls it a hole.
+    let (from, to) = ("2024-01-10", "2024-01-19");
+    let (db, sim, _dir, cfg) = setup("bf_holes", sim_config(&["AAPL", "MSFT"])).await;
+    let out = run(&args(&cfg, "AAPL,MSFT", from, to), &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let whole = stored_bars(&db).await;
+    // MSFT loses the session of Jan 17; AAPL's grid windows are pending again, as after an
+    // interrupted backfill: --holes must not fetch them either.
+    db.client()
+        .await
+        .batch_execute(
+            "DELETE FROM data_ingestion.market_data WHERE symbol = 'MSFT'
+               AND timestamp >= '2024-01-17 00:00 America/New_York'
+               AND timestamp < '2024-01-18 00:00 America/New_York';
+             UPDATE data_ingestion.backfill_tasks SET state = 'pending', fetched_at = NULL
+               WHERE symbol = 'AAPL'",
+        )
+        .await
+        .unwrap();
+    assert!(stored_bars(&db).await.len() < whole.len());
+
+    let before = sim.requests().len();
+    let mut holes = args(&cfg, "AAPL,MSFT", from, to);
+    holes.push("--holes");
+    let out = run(&holes, &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(summary_value(&out.stdout, "hole sessions"), "1");
+    let fetched: Vec<(String, Option<i64>)> = sim.requests()[before..]
+        .iter()
+        .map(|r| (r.symbol.clone().unwrap_or_default(), r.from_ms))
+        .collect();
+    let jan17 = "2024-01-17T05:00:00Z"
+        .parse::<DateTime<Utc>>()
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(fetched, [("MSFT".to_string(), Some(jan17))]);
+    assert!(
+        stored_bars(&db).await == whole,
+        "the hole is not refilled exactly"
+    );
+
+    // Right after: no hole is left, nothing is fetched.
+    let before = sim.requests().len();
+    let out = run(&holes, &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(sim.requests().len(), before);
+    assert!(out.stderr.contains("no hole"), "{}", out.stderr);
+
+    // A range only the calendar's dates can name.
+    let mut bad = args(&cfg, "AAPL", "2024-01-10T00:00:00Z", to);
+    bad.push("--holes");
+    let out = run(&bad, &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--holes takes exchange dates"),
+        "{}",
+        out.stderr
+    );
+}

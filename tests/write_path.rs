@@ -583,10 +583,12 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         })
         .collect();
     let feeds = batch.feeds(|s| cfg.timeframes().of(s));
+    let partitions = mdingest::db::partitions::Partitions::default();
     let opts = || WriteOptions {
         token: "test-token-1",
         expect_new: true,
         prune: false,
+        partitions: &partitions,
     };
     let mut client = pool.get().await.unwrap();
     let rows = || Rows {
@@ -638,10 +640,12 @@ async fn a_retried_batch_whose_commit_already_landed_is_not_counted_twice() {
         .unwrap();
     let retry = tokio::spawn(async move {
         let mut client = pool.get().await.unwrap();
+        let partitions = mdingest::db::partitions::Partitions::default();
         let opts = WriteOptions {
             token: "test-token-2",
             expect_new: true,
             prune: false,
+            partitions: &partitions,
         };
         let rows = Rows {
             changes: &[],

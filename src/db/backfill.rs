@@ -38,11 +38,38 @@ pub struct Range {
     /// that reaches past its fetch, or failed) is not claimed again by this run or a concurrent
     /// one.
     pub since: DateTime<Utc>,
+    /// `backfill --holes`: only these tasks of the range, not every window of every symbol.
+    pub cells: Option<Cells>,
+}
+
+/// Tasks named one by one: `symbols[i]`'s window `[starts[i], ends[i])`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cells {
+    pub symbols: Vec<String>,
+    pub starts: Vec<DateTime<Utc>>,
+    pub ends: Vec<DateTime<Utc>>,
+}
+
+/// The rows of [`Range::cells`] (all of the range's rows when it names none); `$a` and `$b` are
+/// the cells' symbols and starts.
+fn in_cells(a: u8, b: u8) -> String {
+    format!(
+        "(${a}::text[] IS NULL OR (symbol, window_start) IN
+            (SELECT * FROM unnest(${a}::text[], ${b}::timestamptz[])))"
+    )
 }
 
 impl Range {
     fn symbols(&self) -> Vec<&str> {
         self.symbols.iter().map(Symbol::as_str).collect()
+    }
+
+    fn cell_symbols(&self) -> Option<&Vec<String>> {
+        self.cells.as_ref().map(|c| &c.symbols)
+    }
+
+    fn cell_starts(&self) -> Option<&Vec<DateTime<Utc>>> {
+        self.cells.as_ref().map(|c| &c.starts)
     }
 }
 
@@ -69,34 +96,53 @@ pub async fn plan(
 ) -> Result<Counts, DbError> {
     let starts: Vec<DateTime<Utc>> = windows.iter().map(|w| w.0).collect();
     let ends: Vec<DateTime<Utc>> = windows.iter().map(|w| w.1).collect();
-    client
-        .execute(
-            "INSERT INTO data_ingestion.backfill_tasks
-                 (data_source, symbol, timeframe, window_start, window_end)
-             SELECT $1, s, $2, w.start, w.stop
-             FROM unnest($3::text[]) AS s, unnest($4::timestamptz[], $5::timestamptz[]) AS w(start, stop)
-             ON CONFLICT DO NOTHING",
-            &[
-                &range.source.as_str(),
-                &range.timeframe.as_str(),
-                &range.symbols(),
-                &starts,
-                &ends,
-            ],
-        )
-        .await?;
+    let (source, timeframe) = (range.source.as_str(), range.timeframe.as_str());
+    match &range.cells {
+        None => {
+            client
+                .execute(
+                    "INSERT INTO data_ingestion.backfill_tasks
+                         (data_source, symbol, timeframe, window_start, window_end)
+                     SELECT $1, s, $2, w.start, w.stop
+                     FROM unnest($3::text[]) AS s,
+                          unnest($4::timestamptz[], $5::timestamptz[]) AS w(start, stop)
+                     ON CONFLICT DO NOTHING",
+                    &[&source, &timeframe, &range.symbols(), &starts, &ends],
+                )
+                .await?
+        }
+        Some(c) => {
+            client
+                .execute(
+                    "INSERT INTO data_ingestion.backfill_tasks
+                         (data_source, symbol, timeframe, window_start, window_end)
+                     SELECT $1, s, $2, start, stop
+                     FROM unnest($3::text[], $4::timestamptz[], $5::timestamptz[])
+                         AS w(s, start, stop)
+                     ON CONFLICT DO NOTHING",
+                    &[&source, &timeframe, &c.symbols, &c.starts, &c.ends],
+                )
+                .await?
+        }
+    };
     if force {
         client
             .execute(
-                "UPDATE data_ingestion.backfill_tasks SET state = 'pending', updated_at = now()
+                &format!(
+                    "UPDATE data_ingestion.backfill_tasks SET state = 'pending', updated_at = now()
                  WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
-                   AND mode = 'backfill' AND window_start BETWEEN $4 AND $5 AND state = 'done'",
+                   AND mode = 'backfill' AND window_start BETWEEN $4 AND $5 AND state = 'done'
+                   AND {}",
+                    in_cells(6, 7)
+                ),
                 &[
-                    &range.source.as_str(),
-                    &range.timeframe.as_str(),
+                    &source,
+                    &timeframe,
                     &range.symbols(),
                     &range.first,
                     &range.last,
+                    &range.cell_symbols(),
+                    &range.cell_starts(),
                 ],
             )
             .await?;
@@ -107,16 +153,21 @@ pub async fn plan(
 pub async fn counts(client: &Client, range: &Range) -> Result<Counts, DbError> {
     let row = client
         .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE state = 'done')
-             FROM data_ingestion.backfill_tasks
-             WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
-               AND mode = 'backfill' AND window_start BETWEEN $4 AND $5",
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'done')
+                 FROM data_ingestion.backfill_tasks
+                 WHERE data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
+                   AND mode = 'backfill' AND window_start BETWEEN $4 AND $5 AND {}",
+                in_cells(6, 7)
+            ),
             &[
                 &range.source.as_str(),
                 &range.timeframe.as_str(),
                 &range.symbols(),
                 &range.first,
                 &range.last,
+                &range.cell_symbols(),
+                &range.cell_starts(),
             ],
         )
         .await?;
@@ -140,10 +191,13 @@ pub async fn claim(
     let skip: Vec<&str> = skip.iter().map(Symbol::as_str).collect();
     let lease = format!("{} seconds", LEASE.num_seconds());
     let most = i64::try_from(most.max(1)).unwrap_or(1);
-    let pending = "data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
-                   AND mode = 'backfill'
-                   AND NOT (symbol = ANY($6)) AND window_start BETWEEN $4 AND $5
-                   AND state = 'pending' AND (fetched_at IS NULL OR fetched_at < $8)";
+    let pending = format!(
+        "data_source = $1 AND timeframe = $2 AND symbol = ANY($3)
+         AND mode = 'backfill'
+         AND NOT (symbol = ANY($6)) AND window_start BETWEEN $4 AND $5
+         AND state = 'pending' AND (fetched_at IS NULL OR fetched_at < $8) AND {}",
+        in_cells(10, 11)
+    );
     // Claims are taken one at a time (across processes too): two workers claiming at once
     // would otherwise split one window's symbols between them, doubling the requests. The lock
     // is the transaction's; the claim's statement then sees every earlier claim committed.
@@ -184,6 +238,8 @@ pub async fn claim(
                 &lease,
                 &range.since,
                 &most,
+                &range.cell_symbols(),
+                &range.cell_starts(),
             ],
         )
         .await;

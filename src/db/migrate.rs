@@ -3,8 +3,8 @@
 
 use tokio_postgres::error::SqlState;
 
-use super::{connect, describe, parse_url, DbError};
-use crate::config::redact_url;
+use super::{connect, describe, parse_url, partitions, DbError};
+use crate::config::{redact_url, Partitioning};
 
 refinery::embed_migrations!("migrations");
 
@@ -18,9 +18,19 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d64_696e_6765_7374; // "mdingest"
 pub struct MigrateReport {
     pub created_database: bool,
     pub applied: Vec<String>,
+    /// What the operator should know about the table's layout.
+    pub notes: Vec<String>,
 }
 
+/// [`migrate_with`] the seed's plain layout.
 pub async fn migrate(url: &str) -> Result<MigrateReport, DbError> {
+    migrate_with(url, Partitioning::None).await
+}
+
+/// Creates the database and the schema if missing, with `market_data` in `layout` when it does
+/// not exist yet (an existing one keeps its own), applies the migrations, and makes the
+/// partitions of the coming months on a partitioned table.
+pub async fn migrate_with(url: &str, layout: Partitioning) -> Result<MigrateReport, DbError> {
     let cfg = parse_url(url)?;
     let shown = redact_url(url);
     let mut report = MigrateReport::default();
@@ -35,7 +45,7 @@ pub async fn migrate(url: &str) -> Result<MigrateReport, DbError> {
     client
         .query("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let result = apply(&mut client).await;
+    let result = apply(&mut client, layout, &mut report.notes).await;
     // The lock is session-scoped; release it even when a migration failed.
     let _ = client
         .query("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
@@ -44,20 +54,54 @@ pub async fn migrate(url: &str) -> Result<MigrateReport, DbError> {
     Ok(report)
 }
 
-async fn apply(client: &mut tokio_postgres::Client) -> Result<Vec<String>, DbError> {
+async fn apply(
+    client: &mut tokio_postgres::Client,
+    layout: Partitioning,
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>, DbError> {
     client
         .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         .await?;
+    if layout == Partitioning::Monthly {
+        let exists: Option<String> = client
+            .query_one(
+                "SELECT to_regclass('data_ingestion.market_data')::text",
+                &[],
+            )
+            .await?
+            .get(0);
+        if exists.is_none() {
+            // Before the first migration, whose CREATE TABLE IF NOT EXISTS then leaves it be.
+            client
+                .batch_execute(&partitions::create_sql(partitions::TABLE, None))
+                .await?;
+            notes.push("created market_data partitioned by month".into());
+        } else if !partitions::partitioned_tables(client).await?.0 {
+            notes.push(
+                "market_data is a plain table and stays one: database.partitioning = \"monthly\" \
+                 applies to a new table. `mdingest migrate --to-partitioned` converts it (copies \
+                 in chunks with progress, resumable, swaps at the end)"
+                    .into(),
+            );
+        }
+    }
     let report = migrations::runner()
         .set_migration_table_name(HISTORY_TABLE)
         .run_async(client)
         .await
         .map_err(|e| DbError::Migrate(e.to_string()))?;
-    Ok(report
+    let applied = report
         .applied_migrations()
         .iter()
         .map(|m| m.to_string())
-        .collect())
+        .collect();
+    for table in partitions::make_ahead(client, chrono::Utc::now()).await? {
+        notes.push(format!(
+            "{table}: partitions up to {} months ahead",
+            partitions::MONTHS_AHEAD
+        ));
+    }
+    Ok(applied)
 }
 
 /// Refuses a database on which any of this build's migrations is missing, so that a command

@@ -1,7 +1,9 @@
 //! PostgreSQL: connections, the pool, migrations, the COPY-merge writer, status and quality log.
 
 pub mod backfill;
+pub mod convert;
 pub mod migrate;
+pub mod partitions;
 pub mod status;
 pub mod tls;
 pub mod writer;
@@ -71,6 +73,10 @@ impl DbError {
     pub fn is_retriable(&self) -> bool {
         self.fault() == Fault::Transient
     }
+
+    pub fn is_missing_partition(&self) -> bool {
+        matches!(self, DbError::Query(e) if partitions::is_missing_partition(e))
+    }
 }
 
 /// Classifies by SQLSTATE class, as timescaledb-parallel-copy does, but from the other side:
@@ -82,6 +88,10 @@ pub fn classify(e: &tokio_postgres::Error) -> Fault {
     let Some(state) = e.code() else {
         return Fault::Transient;
     };
+    // A month without its partition: the writer makes it on the next attempt.
+    if partitions::is_missing_partition(e) {
+        return Fault::Transient;
+    }
     match state.code().get(..2) {
         // Data exceptions, constraints, cardinality, triggered changes, check options, program
         // limits (a row too large), routine and trigger exceptions (an operator's trigger

@@ -13,6 +13,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
+use super::partitions::Partitions;
 use super::DbError;
 use crate::domain::{DataSource, FeedState, Mode};
 use crate::ingest::{
@@ -109,8 +110,10 @@ const COPY_TYPES: [Type; 8] = [
 const COPY_NEW_SQL: &str = "COPY data_ingestion.market_data \
     (symbol, timestamp, open, high, low, close, volume, data_source) FROM STDIN BINARY";
 
-/// `xmax = 0` tells a fresh insert from an update; rows whose values are identical are not
-/// touched at all (no new tuple, no WAL), which is what makes a re-import cheap.
+/// `created_at = now()` tells a fresh insert from an update: the column's default is the
+/// transaction's start, which no row of an earlier transaction carries (`xmax = 0`, the usual
+/// test, cannot be read from a partitioned table's RETURNING). Rows whose values are identical
+/// are not touched at all (no new tuple, no WAL), which is what makes a re-import cheap.
 const MERGE_SQL: &str = "WITH up AS (
     INSERT INTO data_ingestion.market_data AS m
         (symbol, timestamp, open, high, low, close, volume, data_source)
@@ -121,7 +124,7 @@ const MERGE_SQL: &str = "WITH up AS (
         close = EXCLUDED.close, volume = EXCLUDED.volume
     WHERE (m.open, m.high, m.low, m.close, m.volume)
         IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)
-    RETURNING data_source, symbol, (xmax = 0) AS inserted
+    RETURNING data_source, symbol, (m.created_at IS NOT DISTINCT FROM now()) AS inserted
 )
 SELECT data_source, symbol, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
 FROM up GROUP BY data_source, symbol";
@@ -266,11 +269,30 @@ pub struct WriteOptions<'a> {
     pub expect_new: bool,
     /// Also delete `committed_batches` rows older than a week.
     pub prune: bool,
+    /// The months known to have partitions (on a partitioned `market_data`).
+    pub partitions: &'a Partitions,
 }
 
 /// Writes a batch in one transaction: its feeds' state changes, its bars, its quality-log rows
-/// and the progress of its feeds (which makes them `running`).
+/// and the progress of its feeds (which makes them `running`). The partitions its months need
+/// are made first, each in a short transaction of its own (a partition made inside the batch's
+/// would hold the whole table locked until the batch commits).
 pub async fn write_batch(
+    client: &mut Client,
+    rows: Rows<'_>,
+    opts: WriteOptions<'_>,
+) -> Result<Written, DbError> {
+    let partitions = opts.partitions;
+    let stamps = rows.entries.iter().map(|e| e.bar.timestamp);
+    partitions.ensure(client, stamps).await?;
+    let written = write_in_transaction(client, rows, opts).await;
+    if written.as_ref().is_err_and(DbError::is_missing_partition) {
+        partitions.forget();
+    }
+    written
+}
+
+async fn write_in_transaction(
     client: &mut Client,
     rows: Rows<'_>,
     opts: WriteOptions<'_>,

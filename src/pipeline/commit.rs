@@ -159,6 +159,7 @@ fn commit<'a>(
                 token: &token,
                 expect_new,
                 prune,
+                partitions: &ctx.partitions,
             };
             let write = async {
                 let mut client = ctx

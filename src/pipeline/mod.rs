@@ -29,6 +29,7 @@ pub use crate::ingest::{
 pub use batch::Batch;
 
 use crate::config::{PipelineConfig, Timeframes};
+use crate::db::partitions::Partitions;
 use crate::events::Announcer;
 
 use crate::ingest::{weight, REJECTION_WEIGHT};
@@ -135,6 +136,8 @@ pub(crate) struct WriterContext {
     abandon: CancellationToken,
     /// Told of every commit (sync events); never waits.
     announcer: Announcer,
+    /// The months whose partitions exist (on a partitioned `market_data`).
+    partitions: Partitions,
     on_batch: Arc<OnBatch>,
 }
 
@@ -207,6 +210,7 @@ impl Pipeline {
             abandon,
             announcer,
             on_batch: on_batch.clone(),
+            partitions: Partitions::default(),
         };
         let mut shards = Vec::with_capacity(cfg.writers);
         let mut busy = Vec::with_capacity(cfg.writers);

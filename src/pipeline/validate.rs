@@ -12,6 +12,9 @@ use crate::ingest::Rejection;
 pub const PRICE_LIMIT: Decimal = Decimal::from_parts(1215752192, 23, 0, false, 0); // 1e11
 /// Vendor clocks drift a little; a bar starting further ahead than this is in the future.
 pub const FUTURE_TOLERANCE: Duration = Duration::seconds(5);
+/// 1900-01-01 UTC: no vendor has a bar older. An older stamp is the vendor's error (wrong units,
+/// a zero date), and on a partitioned table it would otherwise make a month's partition of its own.
+pub const EARLIEST_SECS: i64 = -2_208_988_800;
 
 /// Every problem found with `bar` (empty when it may be written).
 pub fn check(bar: &Bar, timeframe: Timeframe, now: DateTime<Utc>) -> Vec<Rejection> {
@@ -69,6 +72,12 @@ pub fn check(bar: &Bar, timeframe: Timeframe, now: DateTime<Utc>) -> Vec<Rejecti
                 bar.timestamp.to_rfc3339(),
                 bar.source
             ),
+        );
+    }
+    if bar.timestamp.timestamp() < EARLIEST_SECS {
+        reject(
+            "timestamp_before_1900",
+            format!("{} is before 1900", bar.timestamp.to_rfc3339()),
         );
     }
     if bar.timestamp > now + FUTURE_TOLERANCE {
@@ -140,5 +149,8 @@ mod tests {
         let mut future = bar("10", "11", "9", "10", 1);
         future.timestamp = Utc.with_ymd_and_hms(2100, 1, 4, 14, 30, 0).unwrap();
         assert_eq!(checks(&future), ["future_timestamp"]);
+        let mut ancient = bar("10", "11", "9", "10", 1);
+        ancient.timestamp = Utc.with_ymd_and_hms(1899, 12, 31, 14, 30, 0).unwrap();
+        assert_eq!(checks(&ancient), ["timestamp_before_1900"]);
     }
 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
-use mdingest::config::Config;
+use mdingest::config::{Config, Partitioning};
 use mdingest::domain::{Bar, DataSource};
 use rust_decimal::Decimal;
 use tokio_postgres::{Client, NoTls};
@@ -68,9 +68,19 @@ impl TestDb {
         TestDb { name, url }
     }
 
+    /// Migrated in the layout `MDINGEST_TEST_LAYOUT` names (`monthly`, or the plain table):
+    /// `scripts/test` runs the write paths' tests on both.
     pub async fn migrated(tag: &str) -> TestDb {
+        let layout = match std::env::var("MDINGEST_TEST_LAYOUT").as_deref() {
+            Ok("monthly") => Partitioning::Monthly,
+            _ => Partitioning::None,
+        };
+        Self::migrated_with(tag, layout).await
+    }
+
+    pub async fn migrated_with(tag: &str, layout: Partitioning) -> TestDb {
         let db = Self::empty(tag).await;
-        mdingest::db::migrate::migrate(&db.url)
+        mdingest::db::migrate::migrate_with(&db.url, layout)
             .await
             .expect("migrate");
         db

@@ -1,0 +1,223 @@
+//! Monthly partitions of `market_data` (`database.partitioning = "monthly"`): the seed's table
+//! column for column, with the same unique constraint, partitioned by range of `timestamp` per
+//! UTC month. Partitions are made ahead by `migrate` and by every writer before it writes a
+//! month that has none; the layout is read from the catalogue, never assumed from the config,
+//! so every path works on both layouts (and on a database converted under a running daemon).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use tokio_postgres::Client;
+
+use super::DbError;
+
+/// The live table, and the one `migrate --to-partitioned` fills before it takes its name.
+pub const TABLE: &str = "market_data";
+pub const BUILDING: &str = "market_data_partitioned";
+/// Partitions are named by month alone (`market_data_p2024_01`), whichever table they belong
+/// to: the one being built keeps its partitions when it takes the live table's name.
+const PARTITION_PREFIX: &str = "market_data_p";
+/// Fixed: two writers making the same month's partition queue on it (with the month as the
+/// second key).
+const LOCK_KEY: i32 = 0x6d64_7074; // "mdpt"
+
+/// How far ahead `migrate` and the daemon make partitions: this month and the next ones.
+pub const MONTHS_AHEAD: u32 = 3;
+
+/// A month as a number (`year * 12 + month0`), the partitions' key here.
+pub fn month_of(t: DateTime<Utc>) -> i32 {
+    t.year() * 12 + t.month0() as i32
+}
+
+fn month_start(m: i32) -> Option<NaiveDate> {
+    NaiveDate::from_ymd_opt(m.div_euclid(12), m.rem_euclid(12) as u32 + 1, 1)
+}
+
+/// The partitioned table's DDL: the seed's columns and constraints. `table` other than
+/// [`TABLE`] is the conversion's new table: its unique constraint's index needs a name of its
+/// own until the swap, and it draws ids from the live table's sequence.
+pub fn create_sql(table: &str, id_sequence: Option<&str>) -> String {
+    let (id, unique) = match id_sequence {
+        None => (
+            "id BIGSERIAL".to_string(),
+            "unique_symbol_timestamp_source".to_string(),
+        ),
+        Some(seq) => (
+            format!("id BIGINT NOT NULL DEFAULT nextval('{seq}'::regclass)"),
+            format!("{table}_unique_symbol_timestamp_source"),
+        ),
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS data_ingestion.{table} (
+  {id},
+  symbol VARCHAR(20) NOT NULL,
+  timestamp TIMESTAMP WITH TIME ZONE NOT NULL,
+  open DECIMAL(15,4), high DECIMAL(15,4), low DECIMAL(15,4), close DECIMAL(15,4),
+  volume BIGINT,
+  created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+  data_source VARCHAR(20) NOT NULL DEFAULT 'polygon',
+  CONSTRAINT {unique} UNIQUE (symbol, timestamp, data_source),
+  CONSTRAINT valid_data_source CHECK (data_source IN ('polygon', 'yahoo', 'yahoo_adjusted', 'alpaca'))
+) PARTITION BY RANGE (timestamp)"
+    )
+}
+
+/// Which of the two tables are partitioned: `(live, building)`.
+pub async fn partitioned_tables(client: &Client) -> Result<(bool, bool), DbError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'data_ingestion' AND c.relkind = 'p' AND c.relname = ANY($1)",
+            &[&vec![TABLE, BUILDING]],
+        )
+        .await?;
+    let has = |t: &str| rows.iter().any(|r| r.get::<_, String>(0) == t);
+    Ok((has(TABLE), has(BUILDING)))
+}
+
+/// Makes `table`'s partition of month `m` unless it exists. Safe to race: creators of one
+/// month queue on an advisory lock, and the later ones find it made.
+pub async fn create_partition(client: &mut Client, table: &str, m: i32) -> Result<(), DbError> {
+    let (Some(from), Some(to)) = (month_start(m), month_start(m + 1)) else {
+        return Err(DbError::Migrate(format!("no month numbered {m}")));
+    };
+    let name = format!("{PARTITION_PREFIX}{:04}_{:02}", from.year(), from.month());
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_KEY, &m])
+        .await?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS data_ingestion.{name} PARTITION OF data_ingestion.{table}
+         FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')"
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The partitions of this month and the [`MONTHS_AHEAD`] after it, on whichever table is
+/// partitioned (none on a plain layout).
+pub async fn make_ahead(client: &mut Client, now: DateTime<Utc>) -> Result<Vec<String>, DbError> {
+    let (live, building) = partitioned_tables(client).await?;
+    let mut made = Vec::new();
+    let first = month_of(now);
+    for (table, is) in [(TABLE, live), (BUILDING, building)] {
+        if !is {
+            continue;
+        }
+        for m in first..=first + MONTHS_AHEAD as i32 {
+            create_partition(client, table, m).await?;
+        }
+        made.push(table.to_string());
+    }
+    Ok(made)
+}
+
+/// The first instant after the months `make_ahead` covers: no bar of a plausible clock lies
+/// beyond, so a later one never gets a partition of its own (validation refuses it first).
+pub fn ahead_end(now: DateTime<Utc>) -> Option<NaiveDate> {
+    month_start(month_of(now)).and_then(|d| d.checked_add_months(Months::new(MONTHS_AHEAD + 1)))
+}
+
+/// The months each writer knows have partitions, shared by a process's writers: a batch of
+/// known months costs a set lookup. Forgotten when a write finds a partition missing (an
+/// operator dropped one, or the table was converted under the daemon): the next attempt looks
+/// again.
+#[derive(Debug, Clone, Default)]
+pub struct Partitions(Arc<Mutex<Known>>);
+
+#[derive(Debug, Default)]
+struct Known {
+    /// `None` until read from the catalogue.
+    tables: Option<Vec<&'static str>>,
+    months: HashSet<i32>,
+}
+
+impl Partitions {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the partitions the stamps need that are not known to exist.
+    pub async fn ensure(
+        &self,
+        client: &mut Client,
+        stamps: impl Iterator<Item = DateTime<Utc>>,
+    ) -> Result<(), DbError> {
+        let tables = self.known().tables.clone();
+        let tables = match tables {
+            Some(t) => t,
+            None => {
+                let (live, building) = partitioned_tables(client).await?;
+                let t: Vec<&'static str> = [(TABLE, live), (BUILDING, building)]
+                    .into_iter()
+                    .filter_map(|(t, is)| is.then_some(t))
+                    .collect();
+                self.known().tables = Some(t.clone());
+                t
+            }
+        };
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let mut wanted: Vec<i32> = {
+            let known = self.known();
+            let mut last = None;
+            let mut w = HashSet::new();
+            for m in stamps.map(month_of) {
+                // Batches are mostly sorted: most stamps repeat the month before.
+                if last != Some(m) && !known.months.contains(&m) {
+                    w.insert(m);
+                }
+                last = Some(m);
+            }
+            w.into_iter().collect()
+        };
+        wanted.sort_unstable();
+        for m in wanted {
+            for table in &tables {
+                create_partition(client, table, m).await?;
+            }
+            self.known().months.insert(m);
+        }
+        Ok(())
+    }
+
+    /// After a write found a month without a partition.
+    pub fn forget(&self) {
+        *self.known() = Known::default();
+    }
+}
+
+/// PostgreSQL's refusal of a row whose month has no partition (SQLSTATE 23514, like a CHECK).
+pub fn is_missing_partition(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.message().starts_with("no partition of relation"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn months_number_consecutively_across_years() {
+        let dec = Utc.with_ymd_and_hms(2023, 12, 31, 23, 59, 0).unwrap();
+        let jan = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(month_of(jan), month_of(dec) + 1);
+        assert_eq!(
+            month_start(month_of(dec)),
+            NaiveDate::from_ymd_opt(2023, 12, 1)
+        );
+        assert_eq!(
+            month_start(month_of(dec) + 1),
+            NaiveDate::from_ymd_opt(2024, 1, 1)
+        );
+        assert_eq!(ahead_end(dec), NaiveDate::from_ymd_opt(2024, 4, 1));
+    }
+}
