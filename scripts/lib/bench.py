@@ -475,6 +475,141 @@ def bench_import(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# Scale: a year of minute bars for 500 symbols (about 51 million rows), plain and partitioned.
+
+SCALE_NAMES = [
+    "merge into an empty plain table",
+    "merge into the plain table holding the year",
+    "merge into an empty partitioned table",
+    "merge into the partitioned table holding the year",
+]
+
+
+def scale_db(name, layout, symbols):
+    """A database holding `symbols` symbols' minute bars of every 2024 weekday (09:30-16:00 New
+    York), in `layout`; kept between runs (it takes minutes to make) and checked by its count."""
+    rows = symbols * 262 * 390
+    url = db_url(name)
+    exists = psql_value(ADMIN, f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
+    if exists:
+        try:
+            psql(url, "DELETE FROM data_ingestion.market_data WHERE timestamp >= '2025-01-01'")
+            if count(url) == rows:
+                print(f"  {name}: {rows} rows kept from an earlier run")
+                return url, rows
+        except subprocess.CalledProcessError:
+            pass
+    psql(ADMIN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    psql(ADMIN, f'CREATE DATABASE "{name}"')
+    env = dict(os.environ, MDINGEST__DATABASE__URL=url, MDINGEST__DATABASE__PARTITIONING=layout)
+    subprocess.run([BIN, "--config", CONFIG, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    step = 25
+    for first in range(0, symbols, step):
+        last = min(symbols, first + step) - 1
+        if layout == "monthly":
+            if first == 0:
+                for m in range(1, 13):
+                    nxt = f"2025-01-01" if m == 12 else f"2024-{m + 1:02d}-01"
+                    psql(url, f"CREATE TABLE IF NOT EXISTS data_ingestion.market_data_p2024_{m:02d} "
+                              f"PARTITION OF data_ingestion.market_data "
+                              f"FOR VALUES FROM ('2024-{m:02d}-01 00:00+00') TO ('{nxt} 00:00+00')")
+        psql(url, f"""
+INSERT INTO data_ingestion.market_data (symbol, timestamp, open, high, low, close, volume, data_source)
+SELECT 'S' || lpad(s::text, 4, '0'), t, 20 + s % 400, 20.5 + s % 400, 19.5 + s % 400, 20.25 + s % 400,
+       100 + s, 'polygon'
+FROM generate_series({first}, {last}) AS s,
+     generate_series('2024-01-01'::date, '2024-12-31'::date, '1 day') AS day,
+     LATERAL generate_series((day::date + time '09:30') AT TIME ZONE 'America/New_York',
+                             (day::date + time '15:59') AT TIME ZONE 'America/New_York',
+                             '1 minute') AS t
+WHERE extract(isodow FROM day) < 6
+ORDER BY 1, 2""")
+        done = (last + 1) * 262 * 390
+        print(f"  {name}: {done}/{rows} rows ({done / (time.perf_counter() - t0):.0f} rows/s)",
+              file=sys.stderr)
+    psql(url, "VACUUM ANALYZE data_ingestion.market_data")
+    assert count(url) == rows, f"{name}: not every row generated"
+    return url, rows
+
+
+def append_file(symbols, minutes):
+    """The next days' bars of the same symbols, as a Polygon flat file: what a daily load merges."""
+    path = os.path.join(OUT, f"append_{symbols}x{minutes}.csv")
+    if os.path.exists(path):
+        return path
+    start = int(datetime(2025, 1, 2, 14, 30, tzinfo=timezone.utc).timestamp())
+    with open(path, "w") as f:
+        f.write("ticker,volume,open,close,high,low,window_start,transactions\n")
+        for s in range(symbols):
+            for m in range(minutes):
+                o = 20 + s % 400 + (m % 97) * 0.0137
+                f.write(f"S{s:04d},{100 + m},{o:.4f},{o + 0.01:.4f},{o + 0.05:.4f},{o - 0.04:.4f},"
+                        f"{(start + 60 * m) * 1_000_000_000},{m // 50 + 1}\n")
+    return path
+
+
+def mdingest_coverage(label, url):
+    env = dict(os.environ, MDINGEST__DATABASE__URL=url)
+    cmd = [BIN, "--config", CONFIG, "coverage", "--source", "polygon", "--from", "2024-01-01",
+           "--to", "2024-12-31", "--json"]
+    t, out, rss_kb = measured(label, cmd, env)
+    return t, out, rss_kb
+
+
+def bench_scale(args):
+    symbols = args.scale_symbols
+    print("\n== scale: making the year's tables (kept for the next run) ==", file=sys.stderr)
+    plain_url, rows = scale_db("mdbench_scale_plain", "none", symbols)
+    part_url, _ = scale_db("mdbench_scale_monthly", "monthly", symbols)
+    flat = append_file(symbols, 2000)
+    appended = symbols * 2000
+    empty_plain = fresh_db("mdbench_scale_empty_plain")
+    psql(ADMIN, 'DROP DATABASE IF EXISTS "mdbench_scale_empty_monthly" WITH (FORCE)')
+    psql(ADMIN, 'CREATE DATABASE "mdbench_scale_empty_monthly"')
+    empty_part = db_url("mdbench_scale_empty_monthly")
+    env = dict(os.environ, MDINGEST__DATABASE__URL=empty_part, MDINGEST__DATABASE__PARTITIONING="monthly")
+    subprocess.run([BIN, "--config", CONFIG, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+
+    rss = []
+    times = {}
+    for name, url in zip(SCALE_NAMES, [empty_plain, plain_url, empty_part, part_url]):
+        t, rss_kb = mdingest_import(f"scale: {name}", url, flat)
+        times[name] = t
+        rss.append(rss_kb)
+    cov = {}
+    for layout, url in (("plain", plain_url), ("partitioned", part_url)):
+        label = f"coverage, {symbols} symbols x 2024 ({layout})"
+        t, out, rss_kb = mdingest_coverage(f"scale: {label}", url)
+        cov[label] = t
+        rss.append(rss_kb)
+        assert f'"sessions":252' in out, "coverage did not see 2024's 252 sessions"
+    for url in (plain_url, part_url):
+        psql(url, "DELETE FROM data_ingestion.market_data WHERE timestamp >= '2025-01-01'")
+    drop_dbs(["mdbench_scale_empty_plain", "mdbench_scale_empty_monthly"])
+
+    print()
+    print("== scale ==")
+    print(f"tables holding {rows} rows ({symbols} symbols x 262 weekdays x 390 minutes);"
+          f" each merge: {appended} new rows of the same symbols (a Polygon flat file)")
+    print_table(appended, "scale", SCALE_NAMES)
+    print(f"{'coverage report':<44} {'seconds':>8}")
+    for label, t in cov.items():
+        verdict = "ok" if t <= 5 else "ABOVE TARGET"
+        print(f"{label:<44} {t:>8.2f}  (target <= 5 s)  {verdict}")
+    print()
+    plain_ratio = times[SCALE_NAMES[0]] / times[SCALE_NAMES[1]]
+    part_ratio = times[SCALE_NAMES[2]] / times[SCALE_NAMES[3]]
+    print_checks([
+        ("partitioned: full table vs empty", part_ratio, 0.8),
+        ("plain: full table vs empty (no target)", plain_ratio, 0.0),
+        ("partitioned full vs plain empty", times[SCALE_NAMES[0]] / times[SCALE_NAMES[3]], 0.0),
+    ], max(rss) / 1024)
+    print_cpu("scale", SCALE_NAMES)
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
 # Backfill.
 
 SIM_KEY = "bench-sim-key-0123456789"
@@ -1042,12 +1177,16 @@ def main():
     ap.add_argument("--alpaca-from", default="2024-01-02", help="alpaca: first New York date")
     ap.add_argument("--alpaca-to", default="2024-02-07", help="alpaca: last New York date (inclusive)")
     ap.add_argument("--skip-stream", action="store_true", help="skip the stream benchmark")
+    ap.add_argument("--skip-scale", action="store_true",
+                    help="skip the scale benchmark (a year of minute bars, plain and partitioned)")
+    ap.add_argument("--scale-symbols", type=int, default=500,
+                    help="scale: symbols with a year of minute bars (500: about 51 million rows)")
     ap.add_argument("--stream-symbols", type=int, default=1000, help="stream: symbols")
     ap.add_argument("--stream-rate", type=int, default=50000, help="stream: bars/s in all")
     ap.add_argument("--stream-secs", type=int, default=20, help="stream: seconds measured")
     args = ap.parse_args()
     if (args.skip_import and args.skip_backfill and args.skip_alpaca and args.skip_yahoo
-            and args.skip_stream):
+            and args.skip_stream and args.skip_scale):
         ap.error("every part skipped: nothing to run")
     os.makedirs(OUT, exist_ok=True)
     build = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
@@ -1068,6 +1207,8 @@ def main():
         bench_backfill(Yahoo(symbols), args.yahoo_from, args.yahoo_to)
     if not args.skip_stream:
         bench_stream(args)
+    if not args.skip_scale:
+        bench_scale(args)
     for w in BUSY_WARNINGS:
         print(f"warning: {w}: that figure is pessimistic", file=sys.stderr)
 
