@@ -56,20 +56,8 @@ pub enum Command {
     /// data_ingestion.backfill_tasks: a re-run fetches only what is left, and several processes
     /// share one range.
     Backfill {
-        /// The data source: polygon, alpaca, yahoo or yahoo_adjusted (Yahoo's one fetch
-        /// writes both of its sources).
-        #[arg(long, value_parser = parse_source)]
-        source: DataSource,
-        /// Symbols, comma-separated (default: the source's configured symbols).
-        #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
-        symbols: Vec<Symbol>,
-        /// First day (New York exchange date, inclusive; also today, yesterday or today-7d) or
-        /// RFC 3339 time.
-        #[arg(long, value_parser = parse_date)]
-        from: DateArg,
-        /// Last day (inclusive; also today or yesterday) or RFC 3339 time.
-        #[arg(long, value_parser = parse_date)]
-        to: DateArg,
+        #[command(flatten)]
+        select: Selection,
         /// Must match the source's configured timeframe.
         #[arg(long, value_parser = parse_timeframe)]
         timeframe: Option<Timeframe>,
@@ -95,18 +83,8 @@ pub enum Command {
     /// early closes included) on the source's timeframe: missing and sparse sessions, and the
     /// holes as ranges, longest first.
     Coverage {
-        #[arg(long, value_parser = parse_source)]
-        source: DataSource,
-        /// Symbols, comma-separated (default: every symbol holding a bar of the source in the
-        /// range).
-        #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
-        symbols: Vec<Symbol>,
-        /// First exchange date (inclusive; also today, yesterday or today-7d).
-        #[arg(long, value_parser = parse_date)]
-        from: DateArg,
-        /// Last exchange date (inclusive).
-        #[arg(long, value_parser = parse_date)]
-        to: DateArg,
+        #[command(flatten)]
+        select: Selection,
         /// A session holding bars but filled below this percentage counts as a hole too
         /// (default 0: only sessions without a bar are holes).
         #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = parse_percent)]
@@ -123,6 +101,27 @@ pub enum Command {
     },
     /// Validate the configuration and print it resolved, secrets redacted.
     CheckConfig,
+}
+
+/// What `backfill` and `coverage` work on.
+#[derive(Debug, clap::Args)]
+pub struct Selection {
+    /// The data source: polygon, alpaca, yahoo or yahoo_adjusted (Yahoo's one fetch writes
+    /// both of its sources).
+    #[arg(long, value_parser = parse_source)]
+    source: DataSource,
+    /// Symbols, comma-separated (default: backfill, the source's configured symbols; coverage,
+    /// every symbol holding a bar of the source in the range).
+    #[arg(long, value_delimiter = ',', value_parser = parse_symbol)]
+    symbols: Vec<Symbol>,
+    /// First day (New York exchange date, inclusive; also today, yesterday or today-7d), or
+    /// for a backfill without --holes an RFC 3339 time.
+    #[arg(long, value_parser = parse_date)]
+    from: DateArg,
+    /// Last day (inclusive; also today or yesterday), or for a backfill without --holes an
+    /// RFC 3339 time.
+    #[arg(long, value_parser = parse_date)]
+    to: DateArg,
 }
 
 fn parse_source(s: &str) -> Result<DataSource, String> {
@@ -289,10 +288,13 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Coverage {
-            source,
-            symbols,
-            from,
-            to,
+            select:
+                Selection {
+                    source,
+                    symbols,
+                    from,
+                    to,
+                },
             hole_below,
             json,
         } => {
@@ -351,10 +353,13 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Backfill {
-            source,
-            symbols,
-            from,
-            to,
+            select:
+                Selection {
+                    source,
+                    symbols,
+                    from,
+                    to,
+                },
             timeframe,
             force,
             holes,

@@ -26,15 +26,30 @@ fn session_minutes_sql(symbol: &str, source: &str, from: &str, to: &str, keep: &
     )
 }
 
-fn coverage(cfg: &std::path::Path, extra: &[&str]) -> (Value, String) {
+/// `coverage` with `extra` arguments: its table, which must say it exited 0.
+fn coverage_table(cfg: &std::path::Path, extra: &[&str]) -> String {
     let mut args = vec!["--config", cfg.to_str().unwrap(), "coverage"];
     args.extend_from_slice(extra);
-    args.push("--json");
     let out = mdingest(&args, &[]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    (serde_json::from_str(&text).unwrap(), text)
+    text
 }
+
+fn coverage(cfg: &std::path::Path, extra: &[&str]) -> Value {
+    let mut args = extra.to_vec();
+    args.push("--json");
+    serde_json::from_str(&coverage_table(cfg, &args)).unwrap()
+}
+
+const NOVEMBER: [&str; 6] = [
+    "--source",
+    "polygon",
+    "--from",
+    "2024-10-28",
+    "--to",
+    "2024-12-06",
+];
 
 fn dates(v: &Value) -> Vec<String> {
     v.as_array()
@@ -99,17 +114,7 @@ async fn names_exactly_the_missing_and_sparse_sessions_across_dst_holiday_and_ea
         .await
         .unwrap();
 
-    let (r, _) = coverage(
-        &cfg,
-        &[
-            "--source",
-            "polygon",
-            "--from",
-            "2024-10-28",
-            "--to",
-            "2024-12-06",
-        ],
-    );
+    let r = coverage(&cfg, &NOVEMBER);
     // 30 weekdays, less Thanksgiving.
     assert_eq!(r["sessions"], 29);
     let syms = r["symbols"].as_array().unwrap();
@@ -138,7 +143,7 @@ async fn names_exactly_the_missing_and_sparse_sessions_across_dst_holiday_and_ea
     );
 
     // A threshold makes the thin sessions holes too: one run of two sessions, first.
-    let (r, _) = coverage(
+    let r = coverage(
         &cfg,
         &[
             "--source",
@@ -169,22 +174,7 @@ async fn names_exactly_the_missing_and_sparse_sessions_across_dst_holiday_and_ea
     );
 
     // The table an operator reads.
-    let out = mdingest(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "coverage",
-            "--source",
-            "polygon",
-            "--from",
-            "2024-10-28",
-            "--to",
-            "2024-12-06",
-        ],
-        &[],
-    );
-    let table = stdout(&out);
-    assert!(out.status.success(), "{table}");
+    let table = coverage_table(&cfg, &NOVEMBER);
     let thin_line = table.lines().find(|l| l.starts_with("THIN")).unwrap();
     assert!(
         thin_line.contains("28/29") && thin_line.ends_with("2024-11-05"),
@@ -212,7 +202,7 @@ async fn daily_bars_are_one_per_session_and_bad_ranges_are_named() {
         )
         .await
         .unwrap();
-    let (r, _) = coverage(
+    let r = coverage(
         &cfg,
         &[
             "--source",

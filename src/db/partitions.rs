@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use tokio_postgres::Client;
 
 use super::DbError;
@@ -34,32 +34,33 @@ fn month_start(m: i32) -> Option<NaiveDate> {
     NaiveDate::from_ymd_opt(m.div_euclid(12), m.rem_euclid(12) as u32 + 1, 1)
 }
 
-/// The partitioned table's DDL: the seed's columns and constraints. `table` other than
+/// The first migration, whose `market_data` statement the partitioned table is made from: the
+/// same table column for column and constraint for constraint, by construction.
+const SEED_SQL: &str = include_str!("../../migrations/V1__data_ingestion_schema.sql");
+const SEED_CREATE: &str = "CREATE TABLE IF NOT EXISTS data_ingestion.market_data (";
+
+/// The seed's `market_data` statement, partitioned by month, as `table`. A `table` other than
 /// [`TABLE`] is the conversion's new table: its unique constraint's index needs a name of its
 /// own until the swap, and it draws ids from the live table's sequence.
 pub fn create_sql(table: &str, id_sequence: Option<&str>) -> String {
-    let (id, unique) = match id_sequence {
-        None => (
-            "id BIGSERIAL".to_string(),
-            "unique_symbol_timestamp_source".to_string(),
-        ),
-        Some(seq) => (
-            format!("id BIGINT NOT NULL DEFAULT nextval('{seq}'::regclass)"),
-            format!("{table}_unique_symbol_timestamp_source"),
-        ),
+    let body = SEED_SQL
+        .split_once(SEED_CREATE)
+        .and_then(|(_, rest)| rest.split_once("\n);"))
+        .map_or("", |(body, _)| body);
+    let body = match id_sequence {
+        None => body.to_string(),
+        Some(seq) => body
+            .replace(
+                "id BIGSERIAL",
+                &format!("id BIGINT NOT NULL DEFAULT nextval('{seq}'::regclass)"),
+            )
+            .replace(
+                "CONSTRAINT unique_symbol_timestamp_source",
+                &format!("CONSTRAINT {table}_unique_symbol_timestamp_source"),
+            ),
     };
     format!(
-        "CREATE TABLE IF NOT EXISTS data_ingestion.{table} (
-  {id},
-  symbol VARCHAR(20) NOT NULL,
-  timestamp TIMESTAMP WITH TIME ZONE NOT NULL,
-  open DECIMAL(15,4), high DECIMAL(15,4), low DECIMAL(15,4), close DECIMAL(15,4),
-  volume BIGINT,
-  created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-  data_source VARCHAR(20) NOT NULL DEFAULT 'polygon',
-  CONSTRAINT {unique} UNIQUE (symbol, timestamp, data_source),
-  CONSTRAINT valid_data_source CHECK (data_source IN ('polygon', 'yahoo', 'yahoo_adjusted', 'alpaca'))
-) PARTITION BY RANGE (timestamp)"
+        "CREATE TABLE IF NOT EXISTS data_ingestion.{table} ({body}\n) PARTITION BY RANGE (timestamp)"
     )
 }
 
@@ -114,12 +115,6 @@ pub async fn make_ahead(client: &mut Client, now: DateTime<Utc>) -> Result<Vec<S
         made.push(table.to_string());
     }
     Ok(made)
-}
-
-/// The first instant after the months `make_ahead` covers: no bar of a plausible clock lies
-/// beyond, so a later one never gets a partition of its own (validation refuses it first).
-pub fn ahead_end(now: DateTime<Utc>) -> Option<NaiveDate> {
-    month_start(month_of(now)).and_then(|d| d.checked_add_months(Months::new(MONTHS_AHEAD + 1)))
 }
 
 /// The months each writer knows have partitions, shared by a process's writers: a batch of
@@ -218,6 +213,21 @@ mod tests {
             month_start(month_of(dec) + 1),
             NaiveDate::from_ymd_opt(2024, 1, 1)
         );
-        assert_eq!(ahead_end(dec), NaiveDate::from_ymd_opt(2024, 4, 1));
+    }
+
+    #[test]
+    fn the_partitioned_table_is_the_seed_statement() {
+        let live = create_sql(TABLE, None);
+        assert!(live.contains("id BIGSERIAL"), "{live}");
+        assert!(live.contains(
+            "CONSTRAINT unique_symbol_timestamp_source UNIQUE (symbol, timestamp, data_source)"
+        ));
+        assert!(live.contains("CONSTRAINT valid_data_source CHECK"));
+        assert!(live.ends_with(") PARTITION BY RANGE (timestamp)"));
+        let building = create_sql(BUILDING, Some("data_ingestion.market_data_id_seq"));
+        assert!(building.contains("nextval('data_ingestion.market_data_id_seq'::regclass)"));
+        assert!(
+            building.contains("CONSTRAINT market_data_partitioned_unique_symbol_timestamp_source")
+        );
     }
 }
