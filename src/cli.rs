@@ -288,17 +288,11 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Coverage {
-            select:
-                Selection {
-                    source,
-                    symbols,
-                    from,
-                    to,
-                },
+            select,
             hole_below,
             json,
         } => {
-            let (DateArg::Date(from), DateArg::Date(to)) = (from, to) else {
+            let (DateArg::Date(from), DateArg::Date(to)) = (select.from, select.to) else {
                 anyhow::bail!(
                     "coverage: --from and --to are exchange dates (2024-01-02), not times"
                 );
@@ -307,9 +301,9 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             let client = db::connect(&pg, &cfg.database.url.redacted()).await?;
             db::migrate::check_current(&client).await?;
             let opts = crate::coverage::CoverageOptions {
-                source,
-                timeframe: cfg.timeframes().of(source),
-                symbols,
+                source: select.source,
+                timeframe: cfg.timeframes().of(select.source),
+                symbols: select.symbols,
                 from,
                 to,
                 hole_below,

@@ -205,6 +205,27 @@ async fn fill_plain(db: &TestDb, symbols: usize) {
         .unwrap();
 }
 
+/// Symbols `migrate --to-partitioned` has copied so far (0 before it made its table).
+async fn copied(db: &TestDb) -> i64 {
+    let client = db.client().await;
+    let exists: Option<String> = client
+        .query_one(
+            "SELECT to_regclass('data_ingestion.partition_copy')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    match exists {
+        None => 0,
+        Some(_) => client
+            .query_one("SELECT count(*) FROM data_ingestion.partition_copy", &[])
+            .await
+            .unwrap()
+            .get(0),
+    }
+}
+
 const DIGEST_SQL: &str = "SELECT count(*)::text || ' ' || md5(string_agg(
     id::text || symbol || timestamp::text || open::text || close::text || volume::text, ','
     ORDER BY symbol, timestamp)) FROM data_ingestion.market_data";
@@ -227,23 +248,7 @@ async fn to_partitioned_stopped_by_sigterm_and_run_again_finishes_with_every_row
     // Stopped once some symbols are copied.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let client = db.client().await;
-        let exists: Option<String> = client
-            .query_one(
-                "SELECT to_regclass('data_ingestion.partition_copy')::text",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let copied: i64 = match exists {
-            None => 0,
-            Some(_) => client
-                .query_one("SELECT count(*) FROM data_ingestion.partition_copy", &[])
-                .await
-                .unwrap()
-                .get(0),
-        };
+        let copied = copied(&db).await;
         if copied >= 3 {
             break;
         }
@@ -320,4 +325,56 @@ async fn to_partitioned_stopped_by_sigterm_and_run_again_finishes_with_every_row
         ))
         .await;
     assert_eq!(kept.to_string(), before_late.split(' ').next().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reader_delays_the_swap_without_stalling_writers() {
+    let db = TestDb::migrated_with("part_reader", Partitioning::None).await;
+    fill_plain(&db, 5).await;
+    // An analyst's long transaction on the table: its lock conflicts with the swap's alone.
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM data_ingestion.market_data")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = db.config_file(dir.path(), "");
+    let args = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "migrate",
+        "--to-partitioned",
+    ];
+    let child = spawn_mdingest(&args);
+    // Every symbol copied: the swap is waiting for the reader, a lock timeout at a time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while copied(&db).await < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Meanwhile the writers go on, through the trigger into the new table as well.
+    let t = Utc.with_ymd_and_hms(2024, 4, 1, 14, 30, 0).unwrap();
+    let w = tokio::time::timeout(
+        Duration::from_secs(20),
+        write(&db, vec![bar("S0001", t, "9", 1)]),
+    )
+    .await
+    .expect("a writer stalled behind the conversion's lock");
+    assert_eq!(w.counts.inserted, 1);
+    assert_eq!(relkind(&db, "market_data").await.as_deref(), Some("r"));
+    reader.batch_execute("COMMIT").await.unwrap();
+    let out = tokio::task::spawn_blocking(move || wait_measured(child))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("trying again"), "{}", out.stderr);
+    assert_eq!(relkind(&db, "market_data").await.as_deref(), Some("p"));
+    let n: i64 = db
+        .value("SELECT count(*) FROM data_ingestion.market_data WHERE timestamp = '2024-04-01 14:30+00'")
+        .await;
+    assert_eq!(n, 1);
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::partitions::{self, BUILDING, TABLE};
@@ -100,6 +101,18 @@ async fn convert(
         done.already = true;
         return Ok(done);
     }
+    let kept: Option<String> = client
+        .query_one(
+            &format!("SELECT to_regclass('data_ingestion.{KEPT}')::text"),
+            &[],
+        )
+        .await?
+        .get(0);
+    if kept.is_some() {
+        return Err(DbError::Migrate(format!(
+            "data_ingestion.{KEPT} exists (an earlier conversion's plain table?): drop or rename it, then run again"
+        )));
+    }
     let sequence: Option<String> = client
         .query_one(
             "SELECT pg_get_serial_sequence('data_ingestion.market_data', 'id')",
@@ -125,9 +138,10 @@ async fn convert(
     partitions::make_ahead(client, chrono::Utc::now()).await?;
     // Waits for writes in flight (the trigger's lock conflicts with theirs): every write
     // committed after it passes through the trigger, every one before is in the listing below.
-    let tx = client.transaction().await?;
-    tx.batch_execute(TRIGGER_SQL).await?;
-    tx.commit().await?;
+    if !locked_ddl(client, shutdown, TRIGGER_SQL).await? {
+        done.interrupted = true;
+        return Ok(done);
+    }
     let copied: HashSet<String> = client
         .query("SELECT symbol FROM data_ingestion.partition_copy", &[])
         .await?
@@ -193,28 +207,55 @@ async fn convert(
         done.interrupted = true;
         return Ok(done);
     }
-    swap(client, &sequence).await?;
+    if !swap(client, shutdown, &sequence).await? {
+        done.interrupted = true;
+    }
     Ok(done)
+}
+
+/// How long a DDL statement waits for market_data's lock before it steps back: writers queue
+/// behind a waiting lock request, so a long transaction on the table (an analyst's query) must
+/// not stall them through the DDL's wait.
+const LOCK_WAIT: &str = "2s";
+/// Tries before giving up (about five minutes of a table held by someone else).
+const LOCK_TRIES: u32 = 100;
+
+/// Runs `sql` in one transaction that waits at most [`LOCK_WAIT`] for its locks, trying again
+/// until it gets them. False when a signal stopped the run first.
+async fn locked_ddl(client: &mut Client, shutdown: &Shutdown, sql: &str) -> Result<bool, DbError> {
+    for attempt in 1..=LOCK_TRIES {
+        if shutdown.is_stopping() {
+            return Ok(false);
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+            .await?;
+        match tx.batch_execute(sql).await {
+            Ok(()) => {
+                tx.commit().await?;
+                return Ok(true);
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                tx.rollback().await?;
+                tracing::warn!(
+                    attempt,
+                    "another transaction holds data_ingestion.market_data: trying again in a second"
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(DbError::Migrate(format!(
+        "another transaction held data_ingestion.market_data through {LOCK_TRIES} tries (see pg_locks and pg_stat_activity); nothing was swapped: run again"
+    )))
 }
 
 /// One transaction: the plain table stops taking writes, and the partitioned one takes its
 /// name, its constraint's name and its sequence. Writers waiting on the lock then write to the
 /// new table (their statements name the table; PostgreSQL plans them again).
-async fn swap(client: &mut Client, sequence: &str) -> Result<(), DbError> {
-    let exists: Option<String> = client
-        .query_one(
-            &format!("SELECT to_regclass('data_ingestion.{KEPT}')::text"),
-            &[],
-        )
-        .await?
-        .get(0);
-    if exists.is_some() {
-        return Err(DbError::Migrate(format!(
-            "data_ingestion.{KEPT} exists (an earlier conversion's plain table?): drop or rename it, then run again"
-        )));
-    }
-    let tx = client.transaction().await?;
-    tx.batch_execute(&format!(
+async fn swap(client: &mut Client, shutdown: &Shutdown, sequence: &str) -> Result<bool, DbError> {
+    let sql = format!(
         "LOCK TABLE data_ingestion.{TABLE} IN ACCESS EXCLUSIVE MODE;
              DROP TRIGGER market_data_to_partitioned ON data_ingestion.{TABLE};
              DROP FUNCTION data_ingestion.market_data_to_partitioned();
@@ -227,8 +268,6 @@ async fn swap(client: &mut Client, sequence: &str) -> Result<(), DbError> {
              ALTER TABLE data_ingestion.{BUILDING} RENAME TO {TABLE};
              ALTER SEQUENCE {sequence} OWNED BY data_ingestion.{TABLE}.id;
              DROP TABLE data_ingestion.partition_copy"
-    ))
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    );
+    locked_ddl(client, shutdown, &sql).await
 }
