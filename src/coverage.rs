@@ -4,11 +4,13 @@
 //! without trades has no bar); a *hole* is a missing session, or a sparse one filled below
 //! `--hole-below` percent. The counts come from the database in one pass per source.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::TryStreamExt;
 use serde::Serialize;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::calendar::{self, CalendarError, Session};
@@ -85,22 +87,41 @@ pub struct Hole {
     pub sessions: usize,
 }
 
-/// Each symbol's in-session bar count per exchange date, in one pass over the range. Regular
-/// sessions lie within one UTC day (13:30–21:00 UTC at the latest), so the UTC day numbers the
-/// session, and the per-day `[start, end)` arrays keep out pre- and after-market bars.
-const COUNTS_SQL: &str = "
-WITH b AS (
-    SELECT symbol, extract(epoch FROM timestamp)::bigint AS ep
-    FROM data_ingestion.market_data
-    WHERE data_source = $1 AND timestamp >= $2 AND timestamp < $3
-      AND ($4::text[] IS NULL OR symbol = ANY($4))
-), d AS (
-    SELECT symbol, ep, (ep / 86400 - $5)::int + 1 AS day FROM b
-)
-SELECT symbol, day, count(*)
-FROM d
-WHERE ep >= ($6::bigint[])[day] AND ep < ($7::bigint[])[day]
-GROUP BY symbol, day";
+/// Each symbol's in-session bar count per UTC day, in one pass over the range. A session lies
+/// within one UTC day (a daily span reaches into the next, where no vendor stamps a daily bar),
+/// and across a range sessions take only a few shapes: regular or early close, in winter or
+/// summer time. Each shape is one `count(*) FILTER` on the bar's offset into its UTC day
+/// (`date_bin`: integer arithmetic), and the caller reads the count of that day's shape. Grouping
+/// by (symbol, UTC day) keeps the hash table small; measured on 51 million rows (500 symbols, a
+/// year of minutes): 25 s testing each bar against its day's bounds from arrays, about 7 s so.
+fn counts_sql(shapes: &[(i64, i64)], some_symbols: bool) -> String {
+    const DAY: &str = "date_bin('1 day', timestamp, '2000-01-01 00:00+00')";
+    let filters: Vec<String> = shapes
+        .iter()
+        .map(|(a, b)| {
+            format!(
+                "count(*) FILTER (WHERE timestamp >= {DAY} + interval '{a} seconds' \
+                 AND timestamp < {DAY} + interval '{b} seconds')"
+            )
+        })
+        .collect();
+    format!(
+        "SELECT symbol::text, {DAY}, {}
+         FROM data_ingestion.market_data
+         WHERE data_source = $1 AND timestamp >= $2 AND timestamp < $3 {}
+         GROUP BY 1, 2",
+        filters.join(", "),
+        if some_symbols {
+            "AND symbol = ANY($4)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// JIT compiling costs more than it saves here, and the counts' hash table wants more than the
+/// default 4 MB of memory to stay off disk.
+const COUNTS_SETTINGS: &str = "BEGIN READ ONLY; SET LOCAL jit = off; SET LOCAL work_mem = '64MB'";
 
 /// The sessions of the range and, per symbol, the bars held in each.
 pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, CoverageError> {
@@ -115,57 +136,71 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
     let sessions = calendar::sessions(opts.from, opts.to)?;
     let tf = opts.timeframe;
     let day_of = |t: DateTime<Utc>| t.timestamp().div_euclid(86_400);
-    let first_day = day_of(
-        calendar::new_york_midnight(opts.from)
-            .ok_or_else(|| CoverageError::Usage("--from is out of range".into()))?,
-    );
+    let start = calendar::new_york_midnight(opts.from)
+        .ok_or_else(|| CoverageError::Usage("--from is out of range".into()))?;
     let end = opts
         .to
         .succ_opt()
         .and_then(calendar::new_york_midnight)
         .ok_or_else(|| CoverageError::Usage("--to is out of range".into()))?;
-    let days = usize::try_from(day_of(end) - first_day + 1).unwrap_or(0);
-    // Days without a session keep an empty span: nothing counts there.
-    let (mut starts, mut ends) = (vec![0i64; days], vec![0i64; days]);
-    for s in &sessions {
+    // Each session's shape (its span's offsets into its UTC day), and each day's shape.
+    let mut shapes: Vec<(i64, i64)> = Vec::new();
+    // UTC day → (session index, shape).
+    let mut shape_of: HashMap<i64, (usize, usize)> = HashMap::new();
+    for (i, s) in sessions.iter().enumerate() {
         let (start, stop) = s.span(tf);
-        let i = usize::try_from(day_of(start) - first_day).unwrap_or(usize::MAX);
-        if let (Some(a), Some(b)) = (starts.get_mut(i), ends.get_mut(i)) {
-            *a = start.timestamp();
-            *b = stop.timestamp();
-        }
+        let midnight = day_of(start) * 86_400;
+        let shape = (start.timestamp() - midnight, stop.timestamp() - midnight);
+        let k = shapes.iter().position(|x| *x == shape).unwrap_or_else(|| {
+            shapes.push(shape);
+            shapes.len() - 1
+        });
+        shape_of.insert(day_of(start), (i, k));
     }
-    let start = calendar::new_york_midnight(opts.from).unwrap_or(end);
     let symbols: Option<Vec<&str>> =
         (!opts.symbols.is_empty()).then(|| opts.symbols.iter().map(Symbol::as_str).collect());
-    let rows = client
-        .query(
-            COUNTS_SQL,
-            &[
-                &opts.source.as_str(),
-                &start,
-                &end,
-                &symbols,
-                &first_day,
-                &starts,
-                &ends,
-            ],
-        )
-        .await?;
-    let mut held: BTreeMap<String, BTreeMap<i64, i64>> = BTreeMap::new();
+    // Per symbol, the bars held in each session: a few bytes a session, whatever the rows.
+    let mut held: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let fresh = || vec![0i64; sessions.len()];
     for s in opts.symbols.iter() {
-        held.entry(s.as_str().to_string()).or_default();
+        held.insert(s.as_str().to_string(), fresh());
     }
-    for r in &rows {
-        let day: i32 = r.get(1);
-        held.entry(r.get(0))
-            .or_default()
-            .insert(first_day + i64::from(day) - 1, r.get(2));
+    if !shapes.is_empty() {
+        client.batch_execute(COUNTS_SETTINGS).await?;
+        let counted = async {
+            let source = opts.source.as_str();
+            let params: Vec<&(dyn ToSql + Sync)> = match &symbols {
+                None => vec![&source, &start, &end],
+                Some(s) => vec![&source, &start, &end, s],
+            };
+            let rows = client
+                .query_raw(&counts_sql(&shapes, symbols.is_some()), params)
+                .await?;
+            futures_util::pin_mut!(rows);
+            while let Some(r) = rows.try_next().await? {
+                let Some(&(i, k)) = shape_of.get(&day_of(r.get(1))) else {
+                    continue;
+                };
+                let symbol: &str = r.get(0);
+                if !held.contains_key(symbol) {
+                    held.insert(symbol.to_string(), fresh());
+                }
+                if let Some(n) = held.get_mut(symbol).and_then(|v| v.get_mut(i)) {
+                    *n = r.get(2 + k);
+                }
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        }
+        .await;
+        // Read-only: ending it either way changes nothing.
+        let ended = client.batch_execute("ROLLBACK").await;
+        counted?;
+        ended?;
     }
     let symbols = held
         .into_iter()
-        .map(|(symbol, by_day)| {
-            let count = |s: &Session| by_day.get(&day_of(s.span(tf).0)).copied().unwrap_or(0);
+        .map(|(symbol, counts)| {
+            let count = |i: usize| counts.get(i).copied().unwrap_or(0);
             symbol_coverage(symbol, &sessions, tf, opts.hole_below, count)
         })
         .collect();
@@ -186,7 +221,7 @@ fn symbol_coverage(
     sessions: &[Session],
     tf: Timeframe,
     hole_below: f64,
-    held_in: impl Fn(&Session) -> i64,
+    held_in: impl Fn(usize) -> i64,
 ) -> SymbolCoverage {
     let mut c = SymbolCoverage {
         symbol,
@@ -199,10 +234,10 @@ fn symbol_coverage(
         holes: Vec::new(),
     };
     let mut run: Option<Hole> = None;
-    for s in sessions {
+    for (i, s) in sessions.iter().enumerate() {
         let expected = s.expected(tf);
         // A vendor's extra bar (a correction on the grid) never makes a session overfull.
-        let held = held_in(s).min(expected);
+        let held = held_in(i).min(expected);
         c.bars_expected += expected;
         c.bars_held += held;
         let is_hole = if held == 0 {
@@ -339,7 +374,7 @@ mod tests {
         let sessions =
             calendar::sessions("2024-03-04".parse().unwrap(), "2024-03-15".parse().unwrap())
                 .unwrap();
-        let held = |s: &Session| match s.date.to_string().as_str() {
+        let held = |i: usize| match sessions[i].date.to_string().as_str() {
             "2024-03-05" => 0,
             "2024-03-11" | "2024-03-12" | "2024-03-13" => 0,
             "2024-03-07" => 200,
