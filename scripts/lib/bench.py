@@ -19,6 +19,11 @@ Backfill (mdingest-sim serving 10 symbols' minute bars of 2024 by default, about
   psql \\copy / staging upsert of the same rows, written as a table-shaped CSV from the
                            simulator's pages in a separate, untimed pass
 
+Scale (500 symbols x a year of minute bars, about 51 million rows, in a plain and a monthly
+partitioned table, kept between runs as mdbench_scale_*): 1,000,000 new rows of the same symbols
+merged by `mdingest import` into the full tables and into empty ones, the same file once more
+(every row exists: the ON CONFLICT path), and `mdingest coverage` over the year.
+
 Stream (`mdingest run` on mdingest-sim's WebSocket replaying 1000 symbols at 50,000 bars/s in
 all): bars/s committed over 20 s, and each committed batch's receipt-to-commit lag (its oldest
 row's) as the daemon logs it at debug (target mdingest::lag).
@@ -483,6 +488,13 @@ SCALE_NAMES = [
     "merge into an empty partitioned table",
     "merge into the partitioned table holding the year",
 ]
+# The same file once more: every row exists, so every batch takes the staged ON CONFLICT path.
+REMERGE_NAMES = [
+    "re-merge, plain table of the file alone",
+    "re-merge, plain table holding the year",
+    "re-merge, partitioned table of the file alone",
+    "re-merge, partitioned table holding the year",
+]
 
 
 def scale_db(name, layout, symbols):
@@ -493,7 +505,7 @@ def scale_db(name, layout, symbols):
     exists = psql_value(ADMIN, f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
     if exists:
         try:
-            psql(url, "DELETE FROM data_ingestion.market_data WHERE timestamp >= '2025-01-01'")
+            forget_appended(url, layout)
             if count(url) == rows:
                 print(f"  {name}: {rows} rows kept from an earlier run")
                 return url, rows
@@ -531,6 +543,16 @@ ORDER BY 1, 2""")
     psql(url, "VACUUM ANALYZE data_ingestion.market_data")
     assert count(url) == rows, f"{name}: not every row generated"
     return url, rows
+
+
+def forget_appended(url, layout):
+    """Takes a run's merged rows out again, leaving no dead rows for the next run to wade
+    through: the month's partition dropped, or the rows deleted and vacuumed away."""
+    if layout == "monthly":
+        psql(url, "DROP TABLE IF EXISTS data_ingestion.market_data_p2025_01")
+    else:
+        psql(url, "DELETE FROM data_ingestion.market_data WHERE timestamp >= '2025-01-01'")
+        psql(url, "VACUUM data_ingestion.market_data")
 
 
 def append_file(symbols, minutes):
@@ -573,10 +595,12 @@ def bench_scale(args):
 
     rss = []
     times = {}
-    for name, url in zip(SCALE_NAMES, [empty_plain, plain_url, empty_part, part_url]):
-        t, rss_kb = mdingest_import(f"scale: {name}", url, flat)
-        times[name] = t
-        rss.append(rss_kb)
+    urls = [empty_plain, plain_url, empty_part, part_url]
+    for names in (SCALE_NAMES, REMERGE_NAMES):
+        for name, url in zip(names, urls):
+            t, rss_kb = mdingest_import(f"scale: {name}", url, flat)
+            times[name] = t
+            rss.append(rss_kb)
     cov = {}
     for layout, url in (("plain", plain_url), ("partitioned", part_url)):
         label = f"coverage, {symbols} symbols x 2024 ({layout})"
@@ -584,15 +608,15 @@ def bench_scale(args):
         cov[label] = t
         rss.append(rss_kb)
         assert f'"sessions":252' in out, "coverage did not see 2024's 252 sessions"
-    for url in (plain_url, part_url):
-        psql(url, "DELETE FROM data_ingestion.market_data WHERE timestamp >= '2025-01-01'")
+    forget_appended(plain_url, "none")
+    forget_appended(part_url, "monthly")
     drop_dbs(["mdbench_scale_empty_plain", "mdbench_scale_empty_monthly"])
 
     print()
     print("== scale ==")
     print(f"tables holding {rows} rows ({symbols} symbols x 262 weekdays x 390 minutes);"
           f" each merge: {appended} new rows of the same symbols (a Polygon flat file)")
-    print_table(appended, "scale", SCALE_NAMES)
+    print_table(appended, "scale", SCALE_NAMES + REMERGE_NAMES)
     print(f"{'coverage report':<44} {'seconds':>8}")
     for label, t in cov.items():
         verdict = "ok" if t <= 5 else "ABOVE TARGET"
@@ -604,8 +628,10 @@ def bench_scale(args):
         ("partitioned: full table vs empty", part_ratio, 0.8),
         ("plain: full table vs empty (no target)", plain_ratio, 0.0),
         ("partitioned full vs plain empty", times[SCALE_NAMES[0]] / times[SCALE_NAMES[3]], 0.0),
+        ("re-merge, partitioned: full vs the file alone", times[REMERGE_NAMES[2]] / times[REMERGE_NAMES[3]], 0.8),
+        ("re-merge, plain: full vs the file alone (no target)", times[REMERGE_NAMES[0]] / times[REMERGE_NAMES[1]], 0.0),
     ], max(rss) / 1024)
-    print_cpu("scale", SCALE_NAMES)
+    print_cpu("scale", SCALE_NAMES + REMERGE_NAMES)
     sys.stdout.flush()
 
 

@@ -59,8 +59,12 @@ async fn apply(
     layout: Partitioning,
     notes: &mut Vec<String>,
 ) -> Result<Vec<String>, DbError> {
+    // The first migration's `CREATE TABLE IF NOT EXISTS` meets a partitioned market_data made
+    // just before: PostgreSQL's "already exists, skipping" is no news to an operator.
     client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        .batch_execute(&format!(
+            "SET client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS {SCHEMA}"
+        ))
         .await?;
     if layout == Partitioning::Monthly {
         let exists: Option<String> = client
