@@ -4,7 +4,7 @@
 //! without trades has no bar); a *hole* is a missing session, or a sparse one filled below
 //! `--hole-below` percent. The counts come from the database in one pass per source.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -109,7 +109,8 @@ fn counts_sql(shapes: &[(i64, i64)], some_symbols: bool) -> String {
         "SELECT symbol::text, {DAY}, {}
          FROM data_ingestion.market_data
          WHERE data_source = $1 AND timestamp >= $2 AND timestamp < $3 {}
-         GROUP BY 1, 2",
+         GROUP BY 1, 2
+         ORDER BY 1",
         filters.join(", "),
         if some_symbols {
             "AND symbol = ANY($4)"
@@ -159,12 +160,13 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
     }
     let symbols: Option<Vec<&str>> =
         (!opts.symbols.is_empty()).then(|| opts.symbols.iter().map(Symbol::as_str).collect());
-    // Per symbol, the bars held in each session: a few bytes a session, whatever the rows.
-    let mut held: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let fresh = || vec![0i64; sessions.len()];
-    for s in opts.symbols.iter() {
-        held.insert(s.as_str().to_string(), fresh());
-    }
+    // The counts come ordered by symbol, so one symbol's counts are held at a time: memory
+    // follows the report, not the symbols × sessions of the range.
+    let cover = |symbol: String, counts: &[i64]| {
+        let count = |i: usize| counts.get(i).copied().unwrap_or(0);
+        symbol_coverage(symbol, &sessions, tf, opts.hole_below, count)
+    };
+    let mut covered: Vec<SymbolCoverage> = Vec::new();
     if !shapes.is_empty() {
         client.batch_execute(COUNTS_SETTINGS).await?;
         let counted = async {
@@ -177,17 +179,24 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
                 .query_raw(&counts_sql(&shapes, symbols.is_some()), params)
                 .await?;
             futures_util::pin_mut!(rows);
+            let mut current: Option<(String, Vec<i64>)> = None;
             while let Some(r) = rows.try_next().await? {
+                let symbol: &str = r.get(0);
+                if current.as_ref().is_none_or(|(s, _)| s != symbol) {
+                    if let Some((s, counts)) = current.take() {
+                        covered.push(cover(s, &counts));
+                    }
+                    current = Some((symbol.to_string(), vec![0; sessions.len()]));
+                }
                 let Some(&(i, k)) = shape_of.get(&day_of(r.get(1))) else {
                     continue;
                 };
-                let symbol: &str = r.get(0);
-                if !held.contains_key(symbol) {
-                    held.insert(symbol.to_string(), fresh());
-                }
-                if let Some(n) = held.get_mut(symbol).and_then(|v| v.get_mut(i)) {
+                if let Some(n) = current.as_mut().and_then(|(_, c)| c.get_mut(i)) {
                     *n = r.get(2 + k);
                 }
+            }
+            if let Some((s, counts)) = current.take() {
+                covered.push(cover(s, &counts));
             }
             Ok::<(), tokio_postgres::Error>(())
         }
@@ -197,13 +206,15 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
         counted?;
         ended?;
     }
-    let symbols = held
-        .into_iter()
-        .map(|(symbol, counts)| {
-            let count = |i: usize| counts.get(i).copied().unwrap_or(0);
-            symbol_coverage(symbol, &sessions, tf, opts.hole_below, count)
-        })
-        .collect();
+    // A named symbol without a bar in the range misses every session.
+    let mut seen: HashSet<String> = covered.iter().map(|c| c.symbol.clone()).collect();
+    for s in &opts.symbols {
+        if seen.insert(s.as_str().to_string()) {
+            covered.push(cover(s.as_str().to_string(), &[]));
+        }
+    }
+    covered.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+    let symbols = covered;
     Ok(Report {
         source: opts.source,
         timeframe: tf,

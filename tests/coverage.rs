@@ -149,7 +149,7 @@ async fn names_exactly_the_missing_and_sparse_sessions_across_dst_holiday_and_ea
             "--source",
             "polygon",
             "--symbols",
-            "THIN,ABSENT",
+            "THIN,ABSENT,THIN",
             "--from",
             "2024-11-01",
             "--to",
@@ -159,6 +159,8 @@ async fn names_exactly_the_missing_and_sparse_sessions_across_dst_holiday_and_ea
         ],
     );
     let syms = r["symbols"].as_array().unwrap();
+    let names: Vec<&str> = syms.iter().map(|s| s["symbol"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ABSENT", "THIN"], "FULL not asked for, THIN once");
     let absent = syms.iter().find(|s| s["symbol"] == "ABSENT").unwrap();
     assert_eq!(
         absent["holes"][0]["sessions"], 11,

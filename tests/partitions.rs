@@ -278,8 +278,19 @@ async fn to_partitioned_stopped_by_sigterm_and_run_again_finishes_with_every_row
     let before_late: String = db.value(DIGEST_SQL).await;
     assert_ne!(before, before_late);
 
+    // A writer that learned the layout mid-conversion...
+    let stale = Partitions::default();
+    let mut client = db.client().await;
+    stale.ensure(&mut client, [late].into_iter()).await.unwrap();
+
     let out = mdingest(&args, &[]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    // ...makes a new month's partition on the table as it is after the swap.
+    let june = Utc.with_ymd_and_hms(2024, 6, 3, 14, 30, 0).unwrap();
+    stale.ensure(&mut client, [june].into_iter()).await.unwrap();
+    assert!(partition_names(&db)
+        .await
+        .contains(&"market_data_p2024_06".to_string()));
     assert!(
         stdout(&out).contains("market_data_unpartitioned"),
         "{}",

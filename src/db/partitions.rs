@@ -144,20 +144,26 @@ impl Partitions {
         client: &mut Client,
         stamps: impl Iterator<Item = DateTime<Utc>>,
     ) -> Result<(), DbError> {
-        let tables = self.known().tables.clone();
-        let tables = match tables {
+        // A plain table (and no conversion under way) needs nothing; a conversion that starts
+        // later shows as a missing partition, which makes the writer forget this.
+        let partitioned = || async {
+            let (live, building) = partitioned_tables(client).await?;
+            let t: Vec<&'static str> = [(TABLE, live), (BUILDING, building)]
+                .into_iter()
+                .filter_map(|(t, is)| is.then_some(t))
+                .collect();
+            Ok::<_, DbError>(t)
+        };
+        let cached = self.known().tables.clone();
+        let cached = match cached {
             Some(t) => t,
             None => {
-                let (live, building) = partitioned_tables(client).await?;
-                let t: Vec<&'static str> = [(TABLE, live), (BUILDING, building)]
-                    .into_iter()
-                    .filter_map(|(t, is)| is.then_some(t))
-                    .collect();
+                let t = partitioned().await?;
                 self.known().tables = Some(t.clone());
                 t
             }
         };
-        if tables.is_empty() {
+        if cached.is_empty() {
             return Ok(());
         }
         let mut wanted: Vec<i32> = {
@@ -173,7 +179,14 @@ impl Partitions {
             }
             w.into_iter().collect()
         };
+        if wanted.is_empty() {
+            return Ok(());
+        }
         wanted.sort_unstable();
+        // Which tables are partitioned, read again: a conversion may have begun or swapped
+        // since (after a swap, the table being built has taken the live table's name).
+        let tables = partitioned().await?;
+        self.known().tables = Some(tables.clone());
         for m in wanted {
             for table in &tables {
                 create_partition(client, table, m).await?;
