@@ -226,6 +226,27 @@ async fn copied(db: &TestDb) -> i64 {
     }
 }
 
+/// Waits (a minute at most) until `migrate --to-partitioned` has copied `n` symbols.
+async fn wait_copied(db: &TestDb, n: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while copied(db).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} symbols copied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn to_partitioned(cfg: &Path) -> [&str; 4] {
+    [
+        "--config",
+        cfg.to_str().unwrap(),
+        "migrate",
+        "--to-partitioned",
+    ]
+}
+
 const DIGEST_SQL: &str = "SELECT count(*)::text || ' ' || md5(string_agg(
     id::text || symbol || timestamp::text || open::text || close::text || volume::text, ','
     ORDER BY symbol, timestamp)) FROM data_ingestion.market_data";
@@ -237,24 +258,11 @@ async fn to_partitioned_stopped_by_sigterm_and_run_again_finishes_with_every_row
     let before: String = db.value(DIGEST_SQL).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = db.config_file(dir.path(), "");
-    let args = [
-        "--config",
-        cfg.to_str().unwrap(),
-        "migrate",
-        "--to-partitioned",
-    ];
+    let args = to_partitioned(&cfg);
 
     let child = spawn_mdingest(&args);
     // Stopped once some symbols are copied.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let copied = copied(&db).await;
-        if copied >= 3 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no symbol copied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_copied(&db, 3).await;
     signal(&child, 15);
     let first = wait_measured(child);
     assert_eq!(first.code, Some(143), "{}", first.stderr);
@@ -350,22 +358,10 @@ async fn a_long_reader_delays_the_swap_without_stalling_writers() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = db.config_file(dir.path(), "");
-    let args = [
-        "--config",
-        cfg.to_str().unwrap(),
-        "migrate",
-        "--to-partitioned",
-    ];
+    let args = to_partitioned(&cfg);
     let child = spawn_mdingest(&args);
     // Every symbol copied: the swap is waiting for the reader, a lock timeout at a time.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while copied(&db).await < 5 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the copy did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_copied(&db, 5).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Meanwhile the writers go on, through the trigger into the new table as well.
     let t = Utc.with_ymd_and_hms(2024, 4, 1, 14, 30, 0).unwrap();
