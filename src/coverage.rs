@@ -168,8 +168,8 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
     };
     let mut covered: Vec<SymbolCoverage> = Vec::new();
     if !shapes.is_empty() {
-        client.batch_execute(COUNTS_SETTINGS).await?;
         let counted = async {
+            client.batch_execute(COUNTS_SETTINGS).await?;
             let source = opts.source.as_str();
             let params: Vec<&(dyn ToSql + Sync)> = match &symbols {
                 None => vec![&source, &start, &end],
