@@ -4,7 +4,7 @@
 //! without trades has no bar); a *hole* is a missing session, or a sparse one filled below
 //! `--hole-below` percent. The counts come from the database in one pass per source.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -87,33 +87,23 @@ pub struct Hole {
     pub sessions: usize,
 }
 
-/// Each symbol's in-session bar count per UTC day, in one pass over the range. A session lies
-/// within one UTC day (a daily span reaches into the next, where no vendor stamps a daily bar),
-/// and across a range sessions take only a few shapes: regular or early close, in winter or
-/// summer time. Each shape is one `count(*) FILTER` on the bar's offset into its UTC day
-/// (`date_bin`: integer arithmetic), and the caller reads the count of that day's shape. Grouping
-/// by (symbol, UTC day) keeps the hash table small; measured on 51 million rows (500 symbols, a
-/// year of minutes): 25 s testing each bar against its day's bounds from arrays, about 7 s so.
-fn counts_sql(shapes: &[(i64, i64)], some_symbols: bool) -> String {
-    const DAY: &str = "date_bin('1 day', timestamp, '2000-01-01 00:00+00')";
-    let filters: Vec<String> = shapes
-        .iter()
-        .map(|(a, b)| {
-            format!(
-                "count(*) FILTER (WHERE timestamp >= {DAY} + interval '{a} seconds' \
-                 AND timestamp < {DAY} + interval '{b} seconds')"
-            )
-        })
-        .collect();
+/// Each symbol's in-session bar count per session, in one pass over the range: the sessions'
+/// bounds, in order, are `width_bucket`'s thresholds (`$4`), so a bar's bucket is odd inside a
+/// session (bucket 2k+1: the k-th session) and even between two. One binary search over
+/// timestamps a bar, grouped by (symbol, bucket). The even buckets are dropped by the caller: a
+/// filter on the bucket here would be pushed below the grouping, and the planner, expecting few
+/// rows, would sort every bar instead of hashing. Measured on 51 million rows (500 symbols, a
+/// year of minutes): 25 s testing each bar against its day's bounds from arrays, about 8 s with
+/// a `count(*) FILTER` per session shape, about 6 s so (the scan with its filters alone: 2.6 s).
+fn counts_sql(some_symbols: bool) -> String {
     format!(
-        "SELECT symbol::text, {DAY}, {}
+        "SELECT symbol::text, width_bucket(timestamp, $4::timestamptz[]), count(*)
          FROM data_ingestion.market_data
          WHERE data_source = $1 AND timestamp >= $2 AND timestamp < $3 {}
          GROUP BY 1, 2
          ORDER BY 1",
-        filters.join(", "),
         if some_symbols {
-            "AND symbol = ANY($4)"
+            "AND symbol = ANY($5)"
         } else {
             ""
         }
@@ -136,7 +126,6 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
     }
     let sessions = calendar::sessions(opts.from, opts.to)?;
     let tf = opts.timeframe;
-    let day_of = |t: DateTime<Utc>| t.timestamp().div_euclid(86_400);
     let start = calendar::new_york_midnight(opts.from)
         .ok_or_else(|| CoverageError::Usage("--from is out of range".into()))?;
     let end = opts
@@ -144,20 +133,14 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
         .succ_opt()
         .and_then(calendar::new_york_midnight)
         .ok_or_else(|| CoverageError::Usage("--to is out of range".into()))?;
-    // Each session's shape (its span's offsets into its UTC day), and each day's shape.
-    let mut shapes: Vec<(i64, i64)> = Vec::new();
-    // UTC day → (session index, shape).
-    let mut shape_of: HashMap<i64, (usize, usize)> = HashMap::new();
-    for (i, s) in sessions.iter().enumerate() {
-        let (start, stop) = s.span(tf);
-        let midnight = day_of(start) * 86_400;
-        let shape = (start.timestamp() - midnight, stop.timestamp() - midnight);
-        let k = shapes.iter().position(|x| *x == shape).unwrap_or_else(|| {
-            shapes.push(shape);
-            shapes.len() - 1
-        });
-        shape_of.insert(day_of(start), (i, k));
-    }
+    // Every session's [start, end), in order: sessions never overlap, so they ascend.
+    let bounds: Vec<DateTime<Utc>> = sessions
+        .iter()
+        .flat_map(|s| {
+            let (a, b) = s.span(tf);
+            [a, b]
+        })
+        .collect();
     let symbols: Option<Vec<&str>> =
         (!opts.symbols.is_empty()).then(|| opts.symbols.iter().map(Symbol::as_str).collect());
     // The counts come ordered by symbol, so one symbol's counts are held at a time: memory
@@ -167,16 +150,16 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
         symbol_coverage(symbol, &sessions, tf, opts.hole_below, count)
     };
     let mut covered: Vec<SymbolCoverage> = Vec::new();
-    if !shapes.is_empty() {
+    if !sessions.is_empty() {
         let counted = async {
             client.batch_execute(COUNTS_SETTINGS).await?;
             let source = opts.source.as_str();
             let params: Vec<&(dyn ToSql + Sync)> = match &symbols {
-                None => vec![&source, &start, &end],
-                Some(s) => vec![&source, &start, &end, s],
+                None => vec![&source, &start, &end, &bounds],
+                Some(s) => vec![&source, &start, &end, &bounds, s],
             };
             let rows = client
-                .query_raw(&counts_sql(&shapes, symbols.is_some()), params)
+                .query_raw(&counts_sql(symbols.is_some()), params)
                 .await?;
             futures_util::pin_mut!(rows);
             let mut current: Option<(String, Vec<i64>)> = None;
@@ -188,11 +171,16 @@ pub async fn report(client: &Client, opts: &CoverageOptions) -> Result<Report, C
                     }
                     current = Some((symbol.to_string(), vec![0; sessions.len()]));
                 }
-                let Some(&(i, k)) = shape_of.get(&day_of(r.get(1))) else {
+                let bucket: i32 = r.get(1);
+                // Even: before, between or after the sessions.
+                if bucket % 2 == 0 {
+                    continue;
+                }
+                let Ok(i) = usize::try_from((bucket - 1) / 2) else {
                     continue;
                 };
                 if let Some(n) = current.as_mut().and_then(|(_, c)| c.get_mut(i)) {
-                    *n = r.get(2 + k);
+                    *n = r.get(2);
                 }
             }
             if let Some((s, counts)) = current.take() {
