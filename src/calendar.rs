@@ -59,7 +59,7 @@ pub fn new_york_midnight(d: NaiveDate) -> Option<DateTime<Utc>> {
 impl Session {
     /// Where this session's bars of `timeframe` start and end: intraday bars on their UTC grid
     /// (an hourly bar from 09:00 holds 09:30's trades), a daily bar anywhere on its exchange
-    /// date (Polygon and Alpaca stamp it at midnight New York, Yahoo at the open).
+    /// date (vendors stamp it at midnight New York or at the open).
     pub fn span(&self, timeframe: Timeframe) -> (DateTime<Utc>, DateTime<Utc>) {
         match timeframe {
             Timeframe::D1 => (

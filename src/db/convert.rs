@@ -97,18 +97,14 @@ async fn convert(
     show_progress: bool,
 ) -> Result<Converted, DbError> {
     let mut done = Converted::default();
-    if partitions::partitioned_tables(client).await?.0 {
+    if partitions::partitioned_tables(client)
+        .await?
+        .contains(&TABLE)
+    {
         done.already = true;
         return Ok(done);
     }
-    let kept: Option<String> = client
-        .query_one(
-            &format!("SELECT to_regclass('data_ingestion.{KEPT}')::text"),
-            &[],
-        )
-        .await?
-        .get(0);
-    if kept.is_some() {
+    if partitions::exists(client, KEPT).await? {
         return Err(DbError::Migrate(format!(
             "data_ingestion.{KEPT} exists (an earlier conversion's plain table?): drop or rename it, then run again"
         )));

@@ -67,20 +67,16 @@ async fn apply(
         ))
         .await?;
     if layout == Partitioning::Monthly {
-        let exists: Option<String> = client
-            .query_one(
-                "SELECT to_regclass('data_ingestion.market_data')::text",
-                &[],
-            )
-            .await?
-            .get(0);
-        if exists.is_none() {
+        if !partitions::exists(client, partitions::TABLE).await? {
             // Before the first migration, whose CREATE TABLE IF NOT EXISTS then leaves it be.
             client
                 .batch_execute(&partitions::create_sql(partitions::TABLE, None))
                 .await?;
             notes.push("created market_data partitioned by month".into());
-        } else if !partitions::partitioned_tables(client).await?.0 {
+        } else if !partitions::partitioned_tables(client)
+            .await?
+            .contains(&partitions::TABLE)
+        {
             notes.push(
                 "market_data is a plain table and stays one: database.partitioning = \"monthly\" \
                  applies to a new table. `mdingest migrate --to-partitioned` converts it (copies \

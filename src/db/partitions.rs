@@ -64,8 +64,8 @@ pub fn create_sql(table: &str, id_sequence: Option<&str>) -> String {
     )
 }
 
-/// Which of the two tables are partitioned: `(live, building)`.
-pub async fn partitioned_tables(client: &Client) -> Result<(bool, bool), DbError> {
+/// Which of the two tables ([`TABLE`], [`BUILDING`]) exist partitioned.
+pub async fn partitioned_tables(client: &Client) -> Result<Vec<&'static str>, DbError> {
     let rows = client
         .query(
             "SELECT c.relname::text FROM pg_class c
@@ -75,7 +75,19 @@ pub async fn partitioned_tables(client: &Client) -> Result<(bool, bool), DbError
         )
         .await?;
     let has = |t: &str| rows.iter().any(|r| r.get::<_, String>(0) == t);
-    Ok((has(TABLE), has(BUILDING)))
+    Ok([TABLE, BUILDING].into_iter().filter(|t| has(t)).collect())
+}
+
+/// Whether `data_ingestion.<name>` exists (as any relation).
+pub async fn exists(client: &Client, name: &str) -> Result<bool, DbError> {
+    let found: Option<String> = client
+        .query_one(
+            "SELECT to_regclass('data_ingestion.' || quote_ident($1))::text",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    Ok(found.is_some())
 }
 
 /// Makes `table`'s partition of month `m` unless it exists. Safe to race: creators of one
@@ -102,13 +114,9 @@ pub async fn create_partition(client: &mut Client, table: &str, m: i32) -> Resul
 /// The partitions of this month and the [`MONTHS_AHEAD`] after it, on whichever table is
 /// partitioned (none on a plain layout).
 pub async fn make_ahead(client: &mut Client, now: DateTime<Utc>) -> Result<Vec<String>, DbError> {
-    let (live, building) = partitioned_tables(client).await?;
     let mut made = Vec::new();
     let first = month_of(now);
-    for (table, is) in [(TABLE, live), (BUILDING, building)] {
-        if !is {
-            continue;
-        }
+    for table in partitioned_tables(client).await? {
         for m in first..=first + MONTHS_AHEAD as i32 {
             create_partition(client, table, m).await?;
         }
@@ -146,19 +154,11 @@ impl Partitions {
     ) -> Result<(), DbError> {
         // A plain table (and no conversion under way) needs nothing; a conversion that starts
         // later shows as a missing partition, which makes the writer forget this.
-        let partitioned = || async {
-            let (live, building) = partitioned_tables(client).await?;
-            let t: Vec<&'static str> = [(TABLE, live), (BUILDING, building)]
-                .into_iter()
-                .filter_map(|(t, is)| is.then_some(t))
-                .collect();
-            Ok::<_, DbError>(t)
-        };
         let cached = self.known().tables.clone();
         let cached = match cached {
             Some(t) => t,
             None => {
-                let t = partitioned().await?;
+                let t = partitioned_tables(client).await?;
                 self.known().tables = Some(t.clone());
                 t
             }
@@ -185,7 +185,7 @@ impl Partitions {
         wanted.sort_unstable();
         // Which tables are partitioned, read again: a conversion may have begun or swapped
         // since (after a swap, the table being built has taken the live table's name).
-        let tables = partitioned().await?;
+        let tables = partitioned_tables(client).await?;
         self.known().tables = Some(tables.clone());
         for m in wanted {
             for table in &tables {
