@@ -207,6 +207,7 @@ pub async fn backfill(
                     from,
                     to,
                     hole_below,
+                    exact: false,
                 })
             }
             _ => return Err(usage(

@@ -89,6 +89,11 @@ pub enum Command {
         /// (default 0: only sessions without a bar are holes).
         #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = parse_percent)]
         hole_below: f64,
+        /// Count the bars themselves instead of reading data_ingestion.bar_counts (kept by
+        /// triggers on market_data): a scan of the range, and right even after a partition was
+        /// dropped, detached or truncated by hand, which no trigger sees.
+        #[arg(long)]
+        exact: bool,
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -290,6 +295,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::Coverage {
             select,
             hole_below,
+            exact,
             json,
         } => {
             let (DateArg::Date(from), DateArg::Date(to)) = (select.from, select.to) else {
@@ -307,6 +313,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 from,
                 to,
                 hole_below,
+                exact,
             };
             let report = crate::coverage::report(&client, &opts).await?;
             if json {

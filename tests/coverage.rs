@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use mdingest::config::Partitioning;
 use serde_json::Value;
 
 /// Every regular-session minute of `symbol` on the NYSE sessions between the two dates, stamped
@@ -240,5 +241,133 @@ async fn daily_bars_are_one_per_session_and_bad_ranges_are_named() {
         let out = mdingest(&all, &[]);
         assert!(!out.status.success());
         assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+}
+
+/// `bar_counts`, which `coverage` reads, is kept by triggers whoever writes: plain inserts, an
+/// upsert that inserts some rows and updates others, mdingest's own COPY and merge, deletes, a
+/// bar moved to another slot (across partitions, on the monthly layout), a truncate; and
+/// `recount_bars()` rebuilds it. After every step it agrees with a count of the bars.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bar_counts_follow_every_kind_of_write_on_both_layouts() {
+    for layout in [Partitioning::None, Partitioning::Monthly] {
+        let db = TestDb::migrated_with("bar_counts", layout).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = db.config_file(dir.path(), "");
+        let mut client = db.client().await;
+        if layout == Partitioning::Monthly {
+            for day in ["2024-11-01", "2024-12-01"] {
+                let t = format!("{day}T12:00:00Z").parse().unwrap();
+                let m = mdingest::db::partitions::month_of(t);
+                mdingest::db::partitions::create_partition(&mut client, "market_data", m)
+                    .await
+                    .unwrap();
+            }
+        }
+        let agree = |step: &'static str| {
+            let db = &db;
+            async move {
+                let (wrong, slots) = db.miscounted_slots().await;
+                assert_eq!(
+                    wrong, 0,
+                    "{layout:?}, after {step}: counts disagree with the bars"
+                );
+                let held: i64 = db
+                    .count("SELECT coalesce(sum(bars), 0)::int8 FROM data_ingestion.bar_counts")
+                    .await;
+                assert_eq!(held, db.stored().await, "{layout:?}, after {step}");
+                slots
+            }
+        };
+        client
+            .batch_execute(&session_minutes_sql(
+                "A",
+                "polygon",
+                "2024-11-25",
+                "2024-11-27",
+                "1",
+            ))
+            .await
+            .unwrap();
+        // Three sessions of 13 half-hour slots.
+        assert_eq!(agree("an insert").await, 39);
+
+        // Every A bar again with a new price (updated, not counted twice) and two new B bars.
+        client
+            .batch_execute(
+                "INSERT INTO data_ingestion.market_data AS m
+                     (symbol, timestamp, open, high, low, close, volume, data_source)
+                 SELECT symbol, timestamp, 20, 21, 19, 20.5, 7, data_source
+                 FROM data_ingestion.market_data
+                 UNION ALL
+                 VALUES ('B', '2024-11-25 10:00 America/New_York'::timestamptz, 1, 1, 1, 1, 1, 'polygon'),
+                        ('B', '2024-11-25 10:01 America/New_York'::timestamptz, 1, 1, 1, 1, 1, 'polygon')
+                 ON CONFLICT (symbol, timestamp, data_source) DO UPDATE SET open = EXCLUDED.open",
+            )
+            .await
+            .unwrap();
+        assert_eq!(agree("an upsert").await, 40);
+
+        // mdingest's own writer: the all-new COPY, then the same file merged (all unchanged).
+        let file = write(dir.path(), "c.csv", minute_csv(["C"], 45).as_bytes());
+        for _ in 0..2 {
+            let out = import(&cfg, &[&file]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        assert_eq!(agree("imports").await, 42, "45 minutes from 09:00 UTC");
+
+        client
+            .batch_execute(
+                "DELETE FROM data_ingestion.market_data
+                 WHERE symbol = 'A' AND timestamp >= '2024-11-26 09:30 America/New_York'
+                   AND timestamp < '2024-11-26 12:15 America/New_York'",
+            )
+            .await
+            .unwrap();
+        // 09:30..12:00 gone (5 slots), 12:00..12:30 left with its last 15 minutes.
+        assert_eq!(agree("a delete").await, 37);
+
+        // One B bar to the next day, the other into December (another partition).
+        client
+            .batch_execute(
+                "UPDATE data_ingestion.market_data SET timestamp = timestamp + interval '1 day'
+                 WHERE symbol = 'B' AND timestamp = '2024-11-25 10:00 America/New_York';
+                 UPDATE data_ingestion.market_data SET timestamp = '2024-12-02 10:00 America/New_York'
+                 WHERE symbol = 'B' AND timestamp = '2024-11-25 10:01 America/New_York';",
+            )
+            .await
+            .unwrap();
+        assert_eq!(agree("bars moved").await, 38);
+
+        // The counts answer what a count of the bars answers.
+        let range = [
+            "--source",
+            "polygon",
+            "--from",
+            "2024-11-25",
+            "--to",
+            "2024-12-03",
+        ];
+        let counted = coverage(&cfg, &range);
+        let mut exact_args = range.to_vec();
+        exact_args.push("--exact");
+        assert_eq!(counted, coverage(&cfg, &exact_args));
+        assert_eq!(counted["symbols"][0]["bars_held"], 3 * 390 - 165);
+
+        // Counts lost (a partition dropped by hand, say) come back whole.
+        client
+            .batch_execute("DELETE FROM data_ingestion.bar_counts WHERE symbol = 'A'")
+            .await
+            .unwrap();
+        assert_ne!(db.miscounted_slots().await.0, 0);
+        let slots: i64 = db.value("SELECT data_ingestion.recount_bars()").await;
+        assert_eq!(slots, 38);
+        assert_eq!(agree("a recount").await, 38);
+
+        client
+            .batch_execute("TRUNCATE data_ingestion.market_data")
+            .await
+            .unwrap();
+        assert_eq!(agree("a truncate").await, 0);
     }
 }

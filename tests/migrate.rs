@@ -8,7 +8,7 @@ use common::*;
 use mdingest::db::migrate::migrate;
 
 /// The files in `migrations/`.
-const MIGRATIONS: usize = 6;
+const MIGRATIONS: usize = 7;
 
 #[tokio::test]
 async fn market_data_matches_the_seed_column_for_column() {

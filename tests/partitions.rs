@@ -344,6 +344,21 @@ async fn to_partitioned_stopped_by_sigterm_and_run_again_finishes_with_every_row
         ))
         .await;
     assert_eq!(kept.to_string(), before_late.split(' ').next().unwrap());
+    // The counts followed the bars through the copy, the writes meanwhile and the swap; the
+    // partitioned table now keeps them, and the kept one no longer does.
+    assert_eq!(db.miscounted_slots().await.0, 0);
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO data_ingestion.{} (symbol, timestamp, data_source)
+             VALUES ('KEPT', '2024-04-03 14:30Z', 'polygon')",
+            mdingest::db::convert::KEPT
+        ))
+        .await
+        .unwrap();
+    let (wrong, slots) = db.miscounted_slots().await;
+    assert_eq!(wrong, 0, "a write to the kept table was counted");
+    assert!(slots > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,13 +248,15 @@ async fn locked_ddl(client: &mut Client, shutdown: &Shutdown, sql: &str) -> Resu
 }
 
 /// One transaction: the plain table stops taking writes, and the partitioned one takes its
-/// name, its constraint's name and its sequence. Writers waiting on the lock then write to the
+/// name, its constraint's name, its sequence and the triggers that keep `bar_counts` (the copy
+/// counted nothing: the bars it copied were counted when first written). Writers waiting on the lock then write to the
 /// new table (their statements name the table; PostgreSQL plans them again).
 async fn swap(client: &mut Client, shutdown: &Shutdown, sequence: &str) -> Result<bool, DbError> {
     let sql = format!(
         "LOCK TABLE data_ingestion.{TABLE} IN ACCESS EXCLUSIVE MODE;
              DROP TRIGGER market_data_to_partitioned ON data_ingestion.{TABLE};
              DROP FUNCTION data_ingestion.market_data_to_partitioned();
+             SELECT data_ingestion.forget_bar_counts('data_ingestion.{TABLE}');
              ALTER TABLE data_ingestion.{TABLE} RENAME CONSTRAINT unique_symbol_timestamp_source
                  TO {KEPT}_unique_symbol_timestamp_source;
              ALTER TABLE data_ingestion.{TABLE} RENAME TO {KEPT};
@@ -263,6 +265,7 @@ async fn swap(client: &mut Client, shutdown: &Shutdown, sequence: &str) -> Resul
                  TO unique_symbol_timestamp_source;
              ALTER TABLE data_ingestion.{BUILDING} RENAME TO {TABLE};
              ALTER SEQUENCE {sequence} OWNED BY data_ingestion.{TABLE}.id;
+             SELECT data_ingestion.keep_bar_counts('data_ingestion.{TABLE}');
              DROP TABLE data_ingestion.partition_copy"
     );
     locked_ddl(client, shutdown, &sql).await

@@ -139,6 +139,28 @@ impl TestDb {
         self.value(sql).await
     }
 
+    /// The `bar_counts` rows that disagree with a count of the bars themselves, either way
+    /// (none, when the triggers kept up with every write); and how many slots hold bars.
+    pub async fn miscounted_slots(&self) -> (i64, i64) {
+        let wrong = self
+            .count(
+                "WITH bars AS (
+                     SELECT data_source::text, symbol::text, data_ingestion.bar_slot(timestamp) AS slot,
+                            count(*)::int AS bars
+                     FROM data_ingestion.market_data GROUP BY 1, 2, 3
+                 ), counted AS (
+                     SELECT data_source::text, symbol::text, slot, bars FROM data_ingestion.bar_counts
+                 )
+                 SELECT count(*) FROM ((TABLE bars EXCEPT TABLE counted)
+                                       UNION ALL (TABLE counted EXCEPT TABLE bars)) d",
+            )
+            .await;
+        let slots = self
+            .count("SELECT count(*) FROM data_ingestion.bar_counts")
+            .await;
+        (wrong, slots)
+    }
+
     /// Rows in `market_data`.
     pub async fn stored(&self) -> i64 {
         self.count("SELECT count(*) FROM data_ingestion.market_data")
