@@ -15,6 +15,8 @@ CREATE TABLE IF NOT EXISTS data_ingestion.bar_counts (
   bars INTEGER NOT NULL CHECK (bars > 0),
   PRIMARY KEY (data_source, symbol, slot)
 );
+-- For a range of every symbol: years of counts are not all read for one of them.
+CREATE INDEX IF NOT EXISTS bar_counts_slot_idx ON data_ingestion.bar_counts (data_source, slot);
 
 CREATE OR REPLACE FUNCTION data_ingestion.bar_slot(t TIMESTAMPTZ) RETURNS TIMESTAMPTZ
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -117,6 +119,9 @@ BEGIN
   SELECT data_source, symbol, data_ingestion.bar_slot(timestamp), count(*)
   FROM data_ingestion.market_data GROUP BY 1, 2, 3;
   GET DIAGNOSTICS slots = ROW_COUNT;
+  -- Without statistics the planner reads a year of every symbol through the slot index:
+  -- about 3 s instead of 1 s at 1.7M slots.
+  ANALYZE data_ingestion.bar_counts;
   RETURN slots;
 END $$;
 
