@@ -1,12 +1,13 @@
 -- Bars held per data source, symbol and 30-minute slot (UTC, counted from the epoch): what
 -- `coverage` reads instead of every bar (at 51M rows a scan of market_data takes about 6 s,
--- this about 0.6 s). Every bound of an NYSE session falls on a slot's edge (09:30, 13:00 and
+-- this about 1 s). Every bound of an NYSE session falls on a slot's edge (09:30, 13:00 and
 -- 16:00 New York, an hour bar's floor of 09:30, New York midnight for daily bars: New York is a
 -- whole number of hours from UTC), so a slot lies wholly inside a session or wholly outside.
 --
 -- Triggers on market_data keep it in the writing statement's own transaction, whoever writes
 -- (mdingest, psql, a restore), so the counts never disagree with the committed bars. What no
--- trigger sees: a partition truncated, detached or dropped by itself. After such surgery,
+-- trigger sees: a partition written to, truncated, detached or dropped by its own name, and a
+-- restore with triggers disabled. After such surgery,
 -- `SELECT data_ingestion.recount_bars()` counts again (and `coverage --exact` reads the bars).
 CREATE TABLE IF NOT EXISTS data_ingestion.bar_counts (
   data_source VARCHAR(20) NOT NULL,

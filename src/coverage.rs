@@ -99,7 +99,7 @@ pub struct Hole {
 /// Read from `bar_counts` (bars per 30-minute slot, kept by triggers on `market_data`; every
 /// session bound is a slot edge), about 13 rows per symbol and session of minute bars; or, with
 /// `exact`, from the bars themselves. Measured on 51 million bars (500 symbols, a year of
-/// minutes): 0.6 s from the counts; from the bars, 25 s testing each against its day's bounds
+/// minutes): about 1 s from the counts; from the bars, 25 s testing each against its day's bounds
 /// from arrays, about 8 s with a `count(*) FILTER` per session shape, about 6 s so (the scan
 /// with its filters alone: 2.6 s).
 fn counts_sql(exact: bool, some_symbols: bool) -> String {
