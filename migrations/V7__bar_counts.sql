@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS data_ingestion.bar_counts (
   slot TIMESTAMPTZ NOT NULL,
   bars INTEGER NOT NULL CHECK (bars > 0),
   PRIMARY KEY (data_source, symbol, slot)
-);
+) WITH (fillfactor = 80);  -- room for the stream's many updates of a slot in place (HOT)
 -- For a range of every symbol: years of counts are not all read for one of them.
 CREATE INDEX IF NOT EXISTS bar_counts_slot_idx ON data_ingestion.bar_counts (data_source, slot);
 
