@@ -249,8 +249,9 @@ async fn locked_ddl(client: &mut Client, shutdown: &Shutdown, sql: &str) -> Resu
 
 /// One transaction: the plain table stops taking writes, and the partitioned one takes its
 /// name, its constraint's name, its sequence and the triggers that keep `bar_counts` (the copy
-/// counted nothing: the bars it copied were counted when first written). Writers waiting on the lock then write to the
-/// new table (their statements name the table; PostgreSQL plans them again).
+/// counted nothing: the bars it copied were counted when first written). Writers waiting on the
+/// lock then write to the new table (their statements name the table; PostgreSQL plans them
+/// again).
 async fn swap(client: &mut Client, shutdown: &Shutdown, sequence: &str) -> Result<bool, DbError> {
     let sql = format!(
         "LOCK TABLE data_ingestion.{TABLE} IN ACCESS EXCLUSIVE MODE;
